@@ -1,0 +1,117 @@
+"""Build a run's components from the validated config.
+
+Runtime objects (device, the communicator) come in as arguments. Collective steps here
+(download on one rank then barrier; agreeing on per-site class names) go through
+:class:`~fl.comm.Comm`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fl.client import OptimizerFactory
+from fl.cohort import home_rank
+from fl.comm import Comm
+from fl.data import datasets, folder
+from fl.data.datasets import DatasetSpec, TensorData
+from fl.data.federation import ClientShard, partition_indices, simulated_clients, site_client, summary
+from fl.errors import ConfigError
+from fl.flat import FlatModel
+from fl.models import build_model
+from fl.seeding import derive_seed
+from fl.strategies.base import Strategy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Federation:
+    """The data side of a run, as seen by one rank.
+
+    ``shards`` holds every client in simulation, and only this rank's sites when data is
+    per site. ``test`` is the centralized test set (``None`` for sites without a test root).
+    """
+
+    spec: DatasetSpec
+    shards: dict[int, ClientShard]
+    test: TensorData | None
+    per_site: bool
+    summary: dict
+
+
+def build_federation(cfg: DictConfig, comm: Comm, device: torch.device) -> Federation:
+    d = cfg.data
+    target = device if d.get("on_device", True) else torch.device("cpu")
+    if d.name == "folder":
+        return _build_sites(cfg, comm, target)
+    if d.name == "digits":
+        train, test, spec = datasets.load_digits(float(d.test_fraction), int(d.split_seed))
+    elif d.name == "synthetic":
+        train, test, spec = datasets.make_synthetic(
+            int(d.num_train), int(d.num_test), int(d.num_classes), tuple(d.shape), float(d.noise),
+            derive_seed(cfg.seed, "synthetic"),
+        )
+    else:
+        if comm.is_main:  # one rank downloads/extracts; the others wait, then read
+            datasets.prepare(d.name, str(d.root), bool(d.download))
+        comm.barrier()
+        train, test, spec = datasets.load_torchvision(d.name, str(d.root))
+    parts = partition_indices(train.y, cfg.fl.num_clients, OmegaConf.to_container(cfg.partition), cfg.seed)
+    train, test = train.to(target), test.to(target)
+    shards = dict(enumerate(simulated_clients(train, parts, cfg.fl.holdout_fraction, cfg.seed)))
+    return Federation(spec, shards, test, False, summary(shards, spec.num_classes))
+
+
+def _build_sites(cfg: DictConfig, comm: Comm, device: torch.device) -> Federation:
+    d = cfg.data
+    mine = [c for c in range(cfg.fl.num_clients) if home_rank(c, comm.world_size) == comm.rank]
+    local_names = sorted({n for c in mine for n in folder.class_names(folder.site_path(str(d.root), c))})
+    classes = sorted({n for names in comm.all_gather_object(local_names) for n in names})
+    shape = (int(d.channels), int(d.image_size), int(d.image_size))
+    shards = {}
+    for c in mine:
+        data = folder.load_folder(folder.site_path(str(d.root), c), classes, shape[1], shape[0]).to(device)
+        shards[c] = site_client(data, cfg.fl.holdout_fraction, cfg.seed, c)
+    test = None
+    if d.test_root is not None:
+        test = folder.load_folder(folder.Path(str(d.test_root)), classes, shape[1], shape[0]).to(device)
+    spec = DatasetSpec(shape, len(classes))
+    parts = comm.all_gather_object(summary(shards, spec.num_classes)["clients"])
+    clients = {k: v for part in parts for k, v in part.items()}
+    return Federation(spec, shards, test, True, {"num_clients": len(clients), "classes": classes,
+                                                 "clients": dict(sorted(clients.items(), key=lambda kv: int(kv[0])))})
+
+
+def build_flat_model(cfg: DictConfig, spec: DatasetSpec, device: torch.device) -> FlatModel:
+    """The model, initialised from the run seed (identical on every rank), on ``device``."""
+    torch.manual_seed(derive_seed(cfg.seed, "init"))
+    model = build_model(cfg.model.name, spec.input_shape, spec.num_classes).to(device)
+    return FlatModel(model)
+
+
+def build_optimizer_factory(cfg: DictConfig) -> OptimizerFactory:
+    """``optim`` is a Hydra partial (``_target_`` + ``_partial_: true``); check it builds now."""
+    factory = instantiate(cfg.optim)
+    if not isinstance(factory, partial):
+        raise ConfigError("optim._partial_", cfg.optim.get("_partial_"), "must be true")
+    try:
+        factory([torch.nn.Parameter(torch.zeros(1))])
+    except (TypeError, ValueError) as e:
+        raise ConfigError("optim", OmegaConf.to_container(cfg.optim), str(e)) from None
+    return factory
+
+
+def build_strategy(cfg: DictConfig) -> tuple[Strategy, str]:
+    """The strategy object and the requested transport (``strategy.transport``)."""
+    params = OmegaConf.to_container(cfg.strategy, resolve=True)
+    transport = params.pop("transport")  # type: ignore[union-attr]
+    strategy = instantiate(params)
+    if not isinstance(strategy, Strategy):
+        raise ConfigError("strategy._target_", params.get("_target_"), "must name a fl.strategies.Strategy")  # type: ignore[union-attr]
+    return strategy, transport

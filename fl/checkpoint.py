@@ -1,0 +1,68 @@
+"""Checkpoints: written atomically by rank 0, loaded with ``weights_only=True``.
+
+A checkpoint holds the global model (flat), the strategy's server state, the number of
+completed rounds, the seed and the config fingerprint. There is no RNG stream state to
+save: every random stream is derived from (seed, round, client) (see ``fl.seeding``), so
+resuming at round r replays exactly what an uninterrupted run does from round r.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^round_(\d{6})\.pt$")
+
+
+def checkpoint_path(folder: Path, round_num: int) -> Path:
+    return folder / f"round_{round_num:06d}.pt"
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoint files in ``folder``, oldest first."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _NAME.match(p.name))
+
+
+def save(folder: Path, round_num: int, payload: dict[str, Any], keep: int) -> Path:
+    """Write ``payload`` for ``round_num`` via temp file + fsync + rename; keep the newest ``keep``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_path(folder, round_num)
+    tmp = final.with_name(final.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    for old in list_checkpoints(folder)[:-keep]:
+        old.unlink()
+    return final
+
+
+def load_latest(folder: Path) -> dict[str, Any] | None:
+    """The newest readable checkpoint, or ``None`` when there is none.
+
+    An unreadable (e.g. truncated) newest file is skipped with a warning and the previous
+    one is used; if checkpoints exist but none can be read, that is an error, never a
+    silent start from scratch.
+    """
+    paths = list_checkpoints(folder)
+    for path in reversed(paths):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, and said so
+            log.warning("checkpoint %s is unreadable (%s); trying an older one", path.name, e)
+            continue
+        log.info("resuming from %s (round %d)", path.name, state["round"])
+        return state
+    if paths:
+        raise RuntimeError(f"no readable checkpoint in {folder} ({len(paths)} files); refusing to start over")
+    return None

@@ -1,0 +1,87 @@
+"""Local training and evaluation of one client.
+
+Randomness (batch order, dropout) is seeded from ``(seed, round, client)``, so a client
+trains identically whichever rank hosts it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from fl.data.federation import ClientShard
+from fl.data.datasets import TensorData
+from fl.flat import FlatModel
+from fl.seeding import derive_seed, generator
+from fl.types import ClientUpdate, LocalTraining
+
+OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+def batch_indices(n: int, plan: LocalTraining, g: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
+    """Positions ``0..n-1`` in mini-batches: fresh permutation per epoch; the last batch of
+    an epoch may be short. With ``plan.steps`` set, exactly that many batches."""
+    total = plan.steps if plan.steps is not None else None
+    done = 0
+    epochs = 0
+    while True:
+        perm = torch.randperm(n, generator=g, device=device)
+        for start in range(0, n, plan.batch_size):
+            if total is not None and done == total:
+                return
+            yield perm[start:start + plan.batch_size]
+            done += 1
+        epochs += 1
+        if total is None and epochs == plan.epochs:
+            return
+
+
+def local_train(
+    fm: FlatModel,
+    global_flat: torch.Tensor,
+    shard: ClientShard,
+    make_optimizer: OptimizerFactory,
+    plan: LocalTraining,
+    seed: int,
+    round_idx: int,
+    client_id: int,
+) -> ClientUpdate:
+    """Train ``fm`` from ``global_flat`` on the client's training split; return its delta."""
+    device = global_flat.device
+    fm.load_(global_flat)
+    model = fm.module
+    model.train()
+    g = generator(seed, "batches", round_idx, client_id, device=device)
+    torch.manual_seed(derive_seed(seed, "dropout", round_idx, client_id))  # dropout / augmentation
+    opt = make_optimizer(list(model.parameters()))
+    x, y, idx = shard.data.x, shard.data.y, shard.train_idx
+    loss_sum = torch.zeros((), device=device)
+    seen = steps = 0
+    for pos in batch_indices(shard.num_train, plan, g, device):
+        rows = idx[pos]
+        loss = F.cross_entropy(model(x[rows]), y[rows])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.detach() * rows.numel()  # stays on device: no sync per batch
+        seen += rows.numel()
+        steps += 1
+    return ClientUpdate(client_id, fm.flat - global_flat, shard.num_train, loss_sum, seen, steps)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: TensorData, idx: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+    """``[loss_sum, num_correct, count]`` (float64, on the data's device) over ``data[idx]``."""
+    model.eval()
+    out = torch.zeros(3, dtype=torch.float64, device=data.y.device)
+    n = len(data) if idx is None else int(idx.numel())
+    for start in range(0, n, batch_size):
+        rows = slice(start, start + batch_size) if idx is None else idx[start:start + batch_size]
+        xb, yb = data.x[rows], data.y[rows]
+        logits = model(xb)
+        out[0] += F.cross_entropy(logits, yb, reduction="sum").double()
+        out[1] += (logits.argmax(1) == yb).sum()
+        out[2] += yb.numel()
+    return out

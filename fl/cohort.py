@@ -1,0 +1,49 @@
+"""Which clients train this round, and which rank hosts each.
+
+Pure and identical on every rank: the cohort is drawn from ``(seed, round)`` alone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fl.seeding import generator
+
+
+def sample_cohort(
+    seed: int, round_idx: int, num_clients: int, clients_per_round: int, purpose: str = "train"
+) -> list[int]:
+    """``clients_per_round`` distinct client ids, sorted, drawn uniformly without replacement.
+
+    ``purpose`` names the stream, so the evaluation cohort is independent of the training one.
+    """
+    if clients_per_round == num_clients:
+        return list(range(num_clients))
+    perm = torch.randperm(num_clients, generator=generator(seed, "cohort", purpose, round_idx))
+    return sorted(perm[:clients_per_round].tolist())
+
+
+def home_rank(client_id: int, world_size: int) -> int:
+    """The rank that owns a client's data when data is per site (``data=folder``)."""
+    return client_id % world_size
+
+
+def assign(cohort: list[int], world_size: int, per_site: bool) -> list[list[int]]:
+    """The clients each rank trains, by rank.
+
+    Simulation: any rank can read any client, so the cohort is dealt out in contiguous,
+    near-equal blocks (sizes differ by at most one). Per-site data: each client trains
+    on its home rank.
+    """
+    if per_site:
+        out: list[list[int]] = [[] for _ in range(world_size)]
+        for cid in cohort:
+            out[home_rank(cid, world_size)].append(cid)
+        return out
+    base, extra = divmod(len(cohort), world_size)
+    out, start = [], 0
+    for r in range(world_size):
+        size = base + (1 if r < extra else 0)
+        out.append(cohort[start:start + size])
+        start += size
+    return out

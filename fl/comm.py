@@ -1,0 +1,80 @@
+"""The one collective seam: every torch.distributed call of a run goes through here.
+
+The rest of the package works on local tensors ("this rank's sums", "this rank's rows")
+and asks :class:`Comm` to make them global. With world size 1 every method is the
+identity, so the same code runs without a process group.
+
+Every method is collective: all ranks must call it, in the same order, with tensors of
+the same shape and dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+class Comm:
+    """Collectives on the default process group (or identities when it has one rank)."""
+
+    def __init__(self, rank: int, world_size: int, device: torch.device) -> None:
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def all_reduce_sum(self, flat: torch.Tensor) -> torch.Tensor:
+        """Sum ``flat`` (1-D) over ranks, in place; every rank gets the result."""
+        if self.distributed:
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        return flat
+
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """Stack every rank's ``rows`` ([R, D], same R on every rank) on rank 0.
+
+        Returns ``[world_size * R, D]`` on rank 0 (rank-major order), ``None`` elsewhere.
+        """
+        if not self.distributed:
+            return rows
+        if self.is_main:
+            out = [torch.empty_like(rows) for _ in range(self.world_size)]
+            dist.gather(rows, gather_list=out, dst=0)
+            return torch.cat(out)
+        dist.gather(rows, dst=0)
+        return None
+
+    def broadcast(self, flat: torch.Tensor) -> torch.Tensor:
+        """Overwrite ``flat`` on every rank with rank 0's values."""
+        if self.distributed:
+            dist.broadcast(flat, src=0)
+        return flat
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's picklable ``obj`` on every rank (for small metadata only)."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+        return box[0]
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's picklable ``obj``, in rank order, on every rank (small metadata only)."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.distributed:
+            if self.device.type == "cuda":
+                dist.barrier(device_ids=[self.device.index])
+            else:
+                dist.barrier()

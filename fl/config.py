@@ -1,0 +1,139 @@
+"""Validate a composed config before any work starts.
+
+Every check raises :class:`~fl.errors.ConfigError` naming the key, the value and what is
+allowed. Settings that have no effect are warned about, not silently ignored. Unknown keys
+and unknown group options are already refused by Hydra when it composes the config.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+from fl.aggregation import TRANSPORTS
+from fl.data import folder
+from fl.data.datasets import DATASETS, check_available
+from fl.data.partition import PARTITIONERS
+from fl.errors import ConfigError
+from fl.models import MODELS
+from fl.runtime import BACKENDS
+
+log = logging.getLogger(__name__)
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _int(cfg: DictConfig, key: str, low: int, high: int | None = None, allow_none: bool = False) -> None:
+    value = cfg_get(cfg, key)
+    if value is None and allow_none:
+        return
+    upper = "" if high is None else f" and <= {high}"
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        raise ConfigError(key, value, f"must be an integer >= {low}{upper}" + (" (or null)" if allow_none else ""))
+
+
+def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:
+    value = cfg_get(cfg, key)
+    if value not in allowed:
+        raise ConfigError(key, value, f"must be one of {', '.join(allowed)}")
+
+
+def cfg_get(cfg: DictConfig, key: str) -> object:
+    node: object = cfg
+    for part in key.split("."):
+        node = node[part]  # type: ignore[index]
+    return node
+
+
+def validate(cfg: DictConfig, world_size: int, rank: int = 0) -> None:
+    """Check ``cfg`` for a job of ``world_size`` ranks; fill ``fl.num_clients`` and
+    ``fl.clients_per_round`` when null. ``rank`` selects which per-site folders to check."""
+    _int(cfg, "seed", 0)
+    _int(cfg, "fl.rounds", 1)
+    _choice(cfg, "data.name", DATASETS)
+    _choice(cfg, "model.name", MODELS)
+    _choice(cfg, "strategy.transport", TRANSPORTS)
+    _choice(cfg, "runtime.backend", BACKENDS)
+    _choice(cfg, "runtime.device", ("auto", "cpu", "cuda"))
+    _choice(cfg, "runtime.log_level", LOG_LEVELS)
+    if not (isinstance(cfg.runtime.timeout_s, (int, float)) and cfg.runtime.timeout_s > 0):
+        raise ConfigError("runtime.timeout_s", cfg.runtime.timeout_s, "must be a number of seconds > 0")
+
+    _int(cfg, "fl.num_clients", world_size, allow_none=True)
+    with open_dict(cfg):
+        if cfg.fl.num_clients is None:
+            cfg.fl.num_clients = world_size
+        num_clients = cfg.fl.num_clients
+        if cfg.fl.clients_per_round is None:
+            cfg.fl.clients_per_round = num_clients
+    if num_clients < world_size:
+        raise ConfigError("fl.num_clients", num_clients, f"must be >= the number of ranks ({world_size})")
+    _int(cfg, "fl.clients_per_round", 1, num_clients)
+    if cfg.fl.clients_per_round < world_size:
+        log.warning("fl.clients_per_round=%d < %d ranks: some ranks train no client each round",
+                    cfg.fl.clients_per_round, world_size)
+    _int(cfg, "fl.local_epochs", 1)
+    _int(cfg, "fl.local_steps", 1, allow_none=True)
+    if cfg.fl.local_steps is not None and cfg.fl.local_epochs != 1:
+        log.warning("fl.local_steps=%d is set: fl.local_epochs=%d has no effect", cfg.fl.local_steps,
+                    cfg.fl.local_epochs)
+    _int(cfg, "fl.eval_every", 1)
+    _int(cfg, "fl.eval_clients", 1, num_clients, allow_none=True)
+    _int(cfg, "fl.checkpoint_every", 0)
+    _int(cfg, "fl.keep_checkpoints", 1)
+    hf = cfg.fl.holdout_fraction
+    if not (isinstance(hf, (int, float)) and 0 <= hf < 1):
+        raise ConfigError("fl.holdout_fraction", hf, "must be a number in [0, 1)")
+    _int(cfg, "train.batch_size", 1)
+    _int(cfg, "train.eval_batch_size", 1)
+
+    _validate_optim(cfg)
+    _validate_partition(cfg, num_clients)
+    _validate_data(cfg, num_clients, world_size, rank)
+
+
+def _validate_optim(cfg: DictConfig) -> None:
+    for key in ("lr", "weight_decay", "momentum"):
+        if key in cfg.optim:
+            value = cfg.optim[key]
+            bad = not isinstance(value, (int, float)) or value < 0 or (key == "lr" and value == 0)
+            if bad or (key == "momentum" and value >= 1):
+                allowed = {"lr": "must be > 0", "weight_decay": "must be >= 0", "momentum": "must be in [0, 1)"}
+                raise ConfigError(f"optim.{key}", value, allowed[key])
+
+
+def _validate_partition(cfg: DictConfig, num_clients: int) -> None:
+    _choice(cfg, "partition.name", PARTITIONERS)
+    name = cfg.partition.name
+    if cfg.data.name == "folder":
+        if name != "iid":
+            log.warning("partition=%s has no effect with data=folder: each site keeps its own data", name)
+        return
+    if name == "dirichlet" and not (isinstance(cfg.partition.alpha, (int, float)) and cfg.partition.alpha > 0):
+        raise ConfigError("partition.alpha", cfg.partition.alpha, "must be a number > 0")
+    if name == "shards":
+        _int(cfg, "partition.shards_per_client", 1)
+
+
+def _validate_data(cfg: DictConfig, num_clients: int, world_size: int, rank: int) -> None:
+    d = cfg.data
+    if d.name in ("mnist", "fashion_mnist", "cifar10"):
+        check_available(d.name, str(d.root), bool(d.download))
+    elif d.name == "digits":
+        if not (isinstance(d.test_fraction, float) and 0 < d.test_fraction < 1):
+            raise ConfigError("data.test_fraction", d.test_fraction, "must be a number in (0, 1)")
+    elif d.name == "synthetic":
+        _int(cfg, "data.num_train", num_clients)
+        _int(cfg, "data.num_test", 1)
+        _int(cfg, "data.num_classes", 2)
+        if len(d.shape) != 3 or any(not isinstance(s, int) or s < 1 for s in d.shape):
+            raise ConfigError("data.shape", list(d.shape), "must be [channels, height, width] of positive integers")
+    elif d.name == "folder":
+        _int(cfg, "data.image_size", 4)
+        _choice(cfg, "data.channels", (1, 3))  # type: ignore[arg-type]
+        hosted = [c for c in range(num_clients) if c % world_size == rank]
+        folder.check_sites(str(d.root), hosted)
+        if d.test_root is not None and not Path(str(d.test_root)).is_dir():
+            raise ConfigError("data.test_root", d.test_root, "must be a folder of class folders (or null)")

@@ -1,0 +1,1 @@
+"""Datasets as tensors, partitioners, and the federation of client index sets."""

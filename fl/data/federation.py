@@ -1,0 +1,82 @@
+"""The federation: which samples each client trains and evaluates on.
+
+A client is a :class:`ClientShard`: a data tensor pair plus index tensors for its
+training part and its local held-out part. In simulation all shards index one shared
+training tensor; with per-site data (``data=folder``) each shard has its own tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fl.data import partition as P
+from fl.data.datasets import TensorData
+from fl.seeding import derive_seed
+
+
+@dataclass(frozen=True)
+class ClientShard:
+    """One client's data: ``data`` and index tensors into it (all on the same device)."""
+
+    data: TensorData
+    train_idx: torch.Tensor
+    holdout_idx: torch.Tensor
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train_idx.numel())
+
+    @property
+    def num_holdout(self) -> int:
+        return int(self.holdout_idx.numel())
+
+
+def partition_indices(labels: torch.Tensor, num_clients: int, cfg: dict, seed: int) -> list[torch.Tensor]:
+    """Dispatch on ``cfg["name"]`` (the ``partition`` config group) to a partitioner."""
+    name = cfg["name"]
+    pseed = derive_seed(seed, "partition")
+    if name == "iid":
+        return P.iid(len(labels), num_clients, pseed)
+    if name == "dirichlet":
+        return P.dirichlet(labels, num_clients, float(cfg["alpha"]), pseed, int(cfg.get("min_samples", 2)))
+    if name == "shards":
+        return P.shards(labels, num_clients, int(cfg["shards_per_client"]), pseed)
+    raise AssertionError(f"unvalidated partition {name!r}")
+
+
+def simulated_clients(
+    train: TensorData, parts: list[torch.Tensor], holdout_fraction: float, seed: int
+) -> list[ClientShard]:
+    """Shards over one shared training tensor (already on the training device)."""
+    device = train.y.device
+    shards = []
+    for cid, idx in enumerate(parts):
+        tr, ho = P.holdout_split(idx, holdout_fraction, derive_seed(seed, "holdout", cid))
+        shards.append(ClientShard(train, tr.to(device), ho.to(device)))
+    return shards
+
+
+def site_client(data: TensorData, holdout_fraction: float, seed: int, cid: int) -> ClientShard:
+    """A shard over a site's own data (``data=folder``): all of it, split into train/held-out."""
+    idx = torch.arange(len(data))
+    tr, ho = P.holdout_split(idx, holdout_fraction, derive_seed(seed, "holdout", cid))
+    return ClientShard(data, tr.to(data.y.device), ho.to(data.y.device))
+
+
+def summary(shards: dict[int, ClientShard], num_classes: int) -> dict:
+    """Per-client sample counts and training-label histograms (for ``partition.json``)."""
+    clients = {}
+    for cid in sorted(shards):
+        s = shards[cid]
+        hist = torch.bincount(s.data.y[s.train_idx].cpu(), minlength=num_classes)
+        clients[str(cid)] = {"num_train": s.num_train, "num_holdout": s.num_holdout, "label_counts": hist.tolist()}
+    sizes = torch.tensor([c["num_train"] for c in clients.values()], dtype=torch.float64)
+    return {
+        "num_clients": len(clients),
+        "num_train_total": int(sizes.sum()),
+        "num_train_min": int(sizes.min()),
+        "num_train_max": int(sizes.max()),
+        "clients": clients,
+    }

@@ -1,0 +1,49 @@
+"""Per-site data (``data=folder``): each client reads its own ImageFolder, data never moves.
+
+``data.root`` contains ``{client}`` (e.g. ``/data/site_{client}``); the rank that hosts a
+client reads only that client's folder. Class indices are made consistent across sites by
+class *name* (the caller unions the names over all ranks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fl.data.datasets import TensorData
+from fl.errors import ConfigError
+
+
+def site_path(root_template: str, cid: int) -> Path:
+    return Path(root_template.format(client=cid))
+
+
+def check_sites(root_template: str, clients: list[int]) -> None:
+    """Every hosted site folder exists and holds at least one class folder."""
+    if "{client}" not in root_template:
+        raise ConfigError("data.root", root_template, "must contain '{client}', e.g. /data/site_{client}")
+    for cid in clients:
+        path = site_path(root_template, cid)
+        if not path.is_dir() or not any(p.is_dir() for p in path.iterdir()):
+            raise ConfigError("data.root", root_template, f"client {cid}: {path} must be a folder of class folders")
+
+
+def class_names(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.is_dir())
+
+
+def load_folder(path: Path, classes: list[str], image_size: int, channels: int) -> TensorData:
+    """All images under ``path`` as normalised tensors, labels indexed into ``classes``."""
+    from torchvision import datasets, transforms
+
+    steps = [transforms.Resize((image_size, image_size))]
+    if channels == 1:
+        steps.append(transforms.Grayscale(1))
+    steps += [transforms.ToTensor(), transforms.Normalize([0.5] * channels, [0.5] * channels)]
+    ds = datasets.ImageFolder(str(path), transform=transforms.Compose(steps))
+    if len(ds) == 0:
+        raise ConfigError("data.root", str(path), "holds no images")
+    remap = torch.tensor([classes.index(c) for c in ds.classes], dtype=torch.int64)
+    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    return TensorData(torch.stack(xs), remap[torch.tensor(ys, dtype=torch.int64)])

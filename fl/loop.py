@@ -1,0 +1,219 @@
+"""The round loop: sample, train locally, aggregate, evaluate, checkpoint.
+
+:func:`run` is the whole job for one rank, given a validated-or-not composed config and
+the run directory. Every rank calls it; collectives happen in the same order on all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+import fl
+from fl import checkpoint, evaluation
+from fl.aggregation import choose_transport, make_aggregator
+from fl.build import Federation, build_federation, build_flat_model, build_optimizer_factory, build_strategy
+from fl.cohort import assign, sample_cohort
+from fl.comm import Comm
+from fl.config import validate
+from fl.errors import ConfigError
+from fl.flat import FlatModel
+from fl.logs import setup_logging
+from fl.metrics import MetricsSink, NullSink
+from fl.rundir import agree_run_dir
+from fl.runtime import DistEnv, process_group, resolve_backend, resolve_device
+from fl.strategies.base import Strategy
+from fl.types import LocalTraining
+
+log = logging.getLogger(__name__)
+
+# Keys whose change would make a resumed run differ from the run that wrote the checkpoint.
+FINGERPRINT_KEYS = ("seed", "data", "partition", "model", "optim", "strategy", "train.batch_size",
+                    "fl.num_clients", "fl.clients_per_round", "fl.local_epochs", "fl.local_steps",
+                    "fl.holdout_fraction")
+
+
+_NOT_RESULT_AFFECTING = ("root", "download", "on_device")  # where data lives, not what it is
+
+
+def fingerprint(cfg: DictConfig) -> dict:
+    out = {}
+    for k in FINGERPRINT_KEYS:
+        node = OmegaConf.select(cfg, k)
+        value = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+        if k == "data":
+            value = {key: v for key, v in value.items() if key not in _NOT_RESULT_AFFECTING}
+        out[k] = value
+    return out
+
+
+def run(cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, init_method: str | None = None) -> dict:
+    """Run the federated job on this rank; returns the run summary (also in ``run.json``).
+
+    Raises :class:`ConfigError` before any work (and before the process group exists)
+    when the config is invalid.
+    """
+    env = env or DistEnv.from_environ()
+    setup_logging(env.rank, cfg.runtime.log_level)
+    validate(cfg, env.world_size, env.rank)
+    device = resolve_device(cfg.runtime.device, env.local_rank)
+    backend = resolve_backend(cfg.runtime.backend, device)
+    strategy, requested = build_strategy(cfg)
+    transport = choose_transport(requested, strategy)
+    make_optimizer = build_optimizer_factory(cfg)
+    with process_group(env, device, backend, float(cfg.runtime.timeout_s), init_method):
+        comm = Comm(env.rank, env.world_size, device)
+        run_dir = agree_run_dir(comm, run_dir)
+        if comm.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        setup_logging(env.rank, cfg.runtime.log_level, run_dir / "train.log" if comm.is_main else None)
+        info = _run_info(cfg, comm, backend, device, transport)
+        _write_json(comm, run_dir / "run.json", {**info, "status": "running"})
+        try:
+            fed = build_federation(cfg, comm, device)
+            fm = build_flat_model(cfg, fed.spec, device)
+            _write_json(comm, run_dir / "partition.json", fed.summary)
+            summary = Rounds(cfg, comm, fed, fm, strategy, transport, make_optimizer, run_dir).run()
+        except BaseException as e:
+            _write_json(comm, run_dir / "run.json", {**info, "status": f"failed: {type(e).__name__}: {e}",
+                                                     "end_time": _now()})
+            raise
+        summary = {**info, **summary, "status": "completed", "end_time": _now()}
+        _write_json(comm, run_dir / "run.json", summary)
+        return summary
+
+
+class Rounds:
+    """State and steps of the round loop for one rank."""
+
+    def __init__(self, cfg: DictConfig, comm: Comm, fed: Federation, fm: FlatModel, strategy: Strategy,
+                 transport: str, make_optimizer, run_dir: Path) -> None:
+        self.cfg, self.comm, self.fed, self.fm = cfg, comm, fed, fm
+        self.strategy, self.transport, self.make_optimizer = strategy, transport, make_optimizer
+        self.run_dir, self.ckpt_dir = run_dir, run_dir / "checkpoints"
+        self.device = fm.flat.device
+        self.plan = LocalTraining(int(cfg.fl.local_epochs), cfg.fl.local_steps, int(cfg.train.batch_size))
+
+    def run(self) -> dict:
+        cfg, comm = self.cfg, self.comm
+        start, global_flat = self._resume()
+        rounds = int(cfg.fl.rounds)
+        sink = MetricsSink(self.run_dir, start) if comm.is_main else NullSink()
+        train_s = eval_s = 0.0
+        last: dict[str, float] = {}
+        bar = tqdm(total=rounds, initial=start, desc="rounds", unit="round", dynamic_ncols=True,
+                   disable=not (comm.is_main and cfg.runtime.progress))
+        try:
+            with logging_redirect_tqdm(loggers=[logging.getLogger("fl")]):
+                for rnd in range(start, rounds):
+                    t0 = time.perf_counter()
+                    result = self._train_round(rnd, global_flat)
+                    global_flat = result.new_global
+                    metrics = {"train_loss": result.train_loss, "clients": result.num_clients,
+                               "comm_bytes": result.comm_bytes}
+                    evaluated = (rnd + 1) % cfg.fl.eval_every == 0 or rnd + 1 == rounds
+                    t_eval = time.perf_counter()
+                    if evaluated:
+                        metrics.update(self._evaluate(rnd, global_flat))
+                    t_eval = time.perf_counter() - t_eval
+                    metrics["round_s"] = time.perf_counter() - t0 - t_eval
+                    sink.log_round(rnd + 1, metrics, evaluated)
+                    if cfg.fl.checkpoint_every and ((rnd + 1) % cfg.fl.checkpoint_every == 0 or rnd + 1 == rounds):
+                        self._checkpoint(rnd + 1, global_flat)
+                    train_s += time.perf_counter() - t0 - t_eval
+                    eval_s += t_eval
+                    last.update(metrics)
+                    bar.set_postfix({k: f"{last[k]:.4f}" for k in ("train_loss", "test_accuracy") if k in last})
+                    bar.update()
+                    if evaluated:
+                        log.info("round %d/%d: %s", rnd + 1, rounds,
+                                 " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        finally:
+            bar.close()
+            sink.close()
+        if comm.is_main:
+            self.fm.load_(global_flat)
+            torch.save(self.fm.state_dict(), self.run_dir / "final_model.pt")
+        done = rounds - start
+        return {"rounds": rounds, "resumed_from_round": start, "rounds_run": done,
+                "train_s": train_s, "eval_s": eval_s, "round_s_mean": train_s / done if done else None,
+                "final": last}
+
+    def _train_round(self, rnd: int, global_flat: torch.Tensor):
+        cfg, comm = self.cfg, self.comm
+        cohort = sample_cohort(cfg.seed, rnd, cfg.fl.num_clients, cfg.fl.clients_per_round)
+        by_rank = assign(cohort, comm.world_size, self.fed.per_site)
+        agg = make_aggregator(self.transport, self.strategy, comm, len(self.fm), self.device,
+                              max(len(r) for r in by_rank))
+        for cid in by_rank[comm.rank]:
+            agg.add(self.strategy.client_update(self.fm, global_flat, self.fed.shards[cid], self.make_optimizer,
+                                                self.plan, cfg.seed, rnd, cid))
+        return agg.finish(global_flat, rnd)
+
+    def _evaluate(self, rnd: int, global_flat: torch.Tensor) -> dict[str, float]:
+        cfg, comm = self.cfg, self.comm
+        self.fm.load_(global_flat)
+        out: dict[str, float] = {}
+        if self.fed.test is not None:
+            out.update(evaluation.centralized(self.fm.module, self.fed.test, comm, cfg.train.eval_batch_size))
+        if cfg.fl.holdout_fraction > 0:
+            k = cfg.fl.eval_clients or cfg.fl.num_clients
+            by_rank = assign(sample_cohort(cfg.seed, rnd, cfg.fl.num_clients, k, "eval"), comm.world_size,
+                             self.fed.per_site)
+            out.update(evaluation.federated(self.fm.module, self.fed.shards, by_rank[comm.rank],
+                                            max(len(r) for r in by_rank), comm, cfg.train.eval_batch_size,
+                                            self.device))
+        return out
+
+    def _checkpoint(self, round_num: int, global_flat: torch.Tensor) -> None:
+        if self.comm.is_main:
+            checkpoint.save(self.ckpt_dir, round_num, {
+                "round": round_num, "global": global_flat.detach().cpu(), "strategy": self.strategy.state_dict(),
+                "seed": int(self.cfg.seed), "fingerprint": fingerprint(self.cfg),
+            }, int(self.cfg.fl.keep_checkpoints))
+
+    def _resume(self) -> tuple[int, torch.Tensor]:
+        """Collective: (rounds already done, global weights), identical on every rank."""
+        state = checkpoint.load_latest(self.ckpt_dir) if self.comm.is_main else None
+        meta = self.comm.broadcast_object(None if state is None else
+                                          {k: state[k] for k in ("round", "strategy", "fingerprint")})
+        global_flat = self.fm.flat.detach().clone()
+        start = 0
+        if meta is not None:
+            now = fingerprint(self.cfg)
+            changed = [k for k in FINGERPRINT_KEYS if meta["fingerprint"].get(k) != now[k]]
+            if changed:
+                k = changed[0]
+                raise ConfigError(k, now[k], f"the checkpoint in {self.ckpt_dir} was written with "
+                                  f"{k}={meta['fingerprint'].get(k)!r}; resume with the same value or a new run dir")
+            start = int(meta["round"])
+            self.strategy.load_state_dict(meta["strategy"])
+            if state is not None:
+                global_flat.copy_(state["global"])
+        self.comm.broadcast(global_flat)  # also makes the initial weights identical everywhere
+        return start, global_flat
+
+
+def _run_info(cfg: DictConfig, comm: Comm, backend: str, device: torch.device, transport: str) -> dict:
+    return {"fl_version": fl.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "world_size": comm.world_size, "backend": backend if comm.distributed else None,
+            "device": str(device), "transport": transport, "start_time": _now(),
+            "num_clients": cfg.fl.num_clients, "clients_per_round": cfg.fl.clients_per_round}
+
+
+def _write_json(comm: Comm, path: Path, obj: dict) -> None:
+    if comm.is_main:
+        path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,76 @@
+"""The strategy interface: a small object with a few hooks.
+
+A round, as the engine runs it::
+
+    for each sampled client (on the rank hosting it):
+        update = strategy.client_update(...)          # local training (FedProx, SCAFFOLD override)
+        v, w   = strategy.client_vector(update), strategy.client_weight(update)
+    aggregate  = strategy.aggregate(V, W)             # gather path: pure, on rank 0
+             or sum(w v) / sum(w) by one all-reduce   # sum path, when strategy.is_weighted_mean
+    new_global = strategy.server_update(global, aggregate)   # server lr, server optimizers
+    strategy.state_dict() / load_state_dict()         # server state, in checkpoints
+
+``is_weighted_mean`` declares that ``aggregate`` is exactly the ``w``-weighted mean of the
+client vectors, so the engine may compute it with one all-reduce instead of gathering
+every update. Strategies that need all updates (median, Krum, clustering) leave it False
+and the engine gathers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fl.client import OptimizerFactory, local_train
+from fl.data.federation import ClientShard
+from fl.flat import FlatModel
+from fl.types import ClientUpdate, LocalTraining
+
+
+class Strategy:
+    """Base strategy: plain local training, weighted mean, no server state."""
+
+    is_weighted_mean: bool = True
+
+    def client_update(
+        self,
+        fm: FlatModel,
+        global_flat: torch.Tensor,
+        shard: ClientShard,
+        make_optimizer: OptimizerFactory,
+        plan: LocalTraining,
+        seed: int,
+        round_idx: int,
+        client_id: int,
+    ) -> ClientUpdate:
+        """Run the client's local training from the global weights."""
+        return local_train(fm, global_flat, shard, make_optimizer, plan, seed, round_idx, client_id)
+
+    def client_vector(self, update: ClientUpdate) -> torch.Tensor:
+        """The flat vector a client contributes (default: its model delta)."""
+        return update.delta
+
+    def client_weight(self, update: ClientUpdate) -> float:
+        """The client's aggregation weight (default: its number of training samples)."""
+        return float(update.num_samples)
+
+    def aggregate(self, vectors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Combine client vectors ``[K, D]`` with weights ``[K]`` into one ``[D]`` (pure)."""
+        return weighted_mean(vectors, weights)
+
+    def server_update(self, global_flat: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:
+        """The new global weights from the old ones and the aggregate (pure)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Server-side state to checkpoint (tensors and plain Python values only)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state but the checkpoint has {sorted(state)}")
+
+
+def weighted_mean(vectors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_k w_k v_k / sum_k w_k`` for ``vectors`` [K, D] and ``weights`` [K]."""
+    w = weights.to(vectors.dtype)
+    return (w @ vectors) / w.sum()

@@ -1,0 +1,45 @@
+"""Frozen records passed between the stages of a round."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """What one client's local training produced.
+
+    ``delta`` is ``local_weights - global_weights`` as a flat tensor (length = the flat
+    model). ``num_samples`` is the client's training-set size (the FedAvg weight);
+    ``loss_sum`` / ``num_seen`` give the mean training loss over its local steps.
+    """
+
+    client_id: int
+    delta: torch.Tensor
+    num_samples: int
+    loss_sum: torch.Tensor
+    num_seen: int
+    num_steps: int
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """Local work per client: ``epochs`` passes, or exactly ``steps`` mini-batches when set."""
+
+    epochs: int
+    steps: int | None
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """The outcome of aggregation, identical on every rank."""
+
+    round: int
+    new_global: torch.Tensor
+    num_clients: int
+    num_samples: int
+    train_loss: float
+    comm_bytes: int
