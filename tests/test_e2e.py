@@ -1,0 +1,56 @@
+"""End to end: a real `torchrun --standalone --nproc_per_node=2 train.py` and the outputs a user reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO
+from fl.models import build_model
+
+pytestmark = pytest.mark.e2e
+
+
+def test_torchrun_two_ranks_on_digits(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "train.py"), "fl.num_clients=6", "fl.clients_per_round=4", "fl.rounds=12", "fl.eval_every=3",
+           "fl.checkpoint_every=4", "fl.keep_checkpoints=2", "optim.lr=0.1", "fl.local_epochs=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    run_dirs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
+    assert len(run_dirs) == 1, f"all ranks must share one run directory, got {run_dirs}"
+    run_dir = run_dirs[0]
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "completed" and info["world_size"] == 2 and info["backend"] == "gloo"
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [3, 6, 9, 12]
+    for r in records:
+        assert {"round", "test_accuracy", "test_loss", "train_loss", "client_accuracy_p10"} <= r.keys()
+    assert records[-1]["test_accuracy"] > 0.85 and records[-1]["test_loss"] < records[0]["test_loss"]
+
+    events = list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    assert {"train/loss", "test/accuracy", "test/loss", "clients/accuracy_p10", "comm/bytes",
+            "time/round_s"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 13))
+    assert acc.Scalars("test/accuracy")[-1].value == pytest.approx(records[-1]["test_accuracy"], rel=1e-6)
+
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["round_000008.pt", "round_000012.pt"]
+    model = build_model("cnn", (1, 8, 8), 10)
+    model.load_state_dict(torch.load(run_dir / "final_model.pt", weights_only=True))
+
+    assert "[rank0]" in proc.stderr and "[rank1]" not in proc.stderr, "rank 1 logs only warnings and errors"
+    assert "Traceback" not in proc.stderr
