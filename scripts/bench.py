@@ -1,0 +1,89 @@
+"""Seconds per round: fl vs a minimal framework-free torch.distributed FedAvg, same workload.
+
+Workload (conf/experiment/bench.yaml): real MNIST, `cnn`, 100 clients, 10 per round, E=1, B=32,
+SGD lr 0.05, 20 rounds, 2 ranks on this machine. Both programs time their round loop only
+(after data loading and process-group set-up); fl's time includes all its per-round work
+(sampling, bookkeeping, TensorBoard logging) but not the final evaluation.
+
+    python scripts/bench.py [--nproc 2] [--repeats 3] [--data-root DIR]
+
+MNIST comes from --data-root, else from ../shared/data copied to ./data (offline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root(arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    root = REPO / "data"
+    shared = REPO.parent / "shared" / "data"
+    if not (root / "MNIST" / "raw").is_dir():
+        if not (shared / "MNIST" / "raw").is_dir():
+            sys.exit(f"no MNIST files: pass --data-root, or put them in {root}/MNIST/raw")
+        shutil.copytree(shared / "MNIST", root / "MNIST", dirs_exist_ok=True)
+    # Extract once (MD5-checked, offline) so that neither timed program pays for it.
+    from torchvision.datasets import MNIST
+    for train in (True, False):
+        MNIST(str(root), train=train, download=True)
+    return root
+
+
+def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def run_fl(nproc: int, root: Path, rounds: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="fl-bench-") as tmp:
+        torchrun(nproc, "train.py", "experiment=bench", f"data.root={root}", f"fl.rounds={rounds}",
+                 f"hydra.run.dir={tmp}")
+        info = json.loads((Path(tmp) / "run.json").read_text())
+    return {"round_s": info["train_s"] / info["rounds_run"], "test_accuracy": info["final"]["test_accuracy"]}
+
+
+def run_minimal(nproc: int, root: Path, rounds: int) -> dict:
+    proc = torchrun(nproc, "scripts/minimal_fedavg.py", f"--data-root={root}", f"--rounds={rounds}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--data-root")
+    a = p.parse_args()
+    root = data_root(a.data_root)
+    fl_s, min_s, fl_acc, min_acc = [], [], [], []
+    for i in range(a.repeats):  # interleaved, so drift in machine load hits both alike
+        m = run_minimal(a.nproc, root, a.rounds)
+        f = run_fl(a.nproc, root, a.rounds)
+        min_s.append(m["round_s"]), fl_s.append(f["round_s"])
+        min_acc.append(m["test_accuracy"]), fl_acc.append(f["test_accuracy"])
+        print(f"repeat {i + 1}: fl {f['round_s']:.4f} s/round, minimal {m['round_s']:.4f} s/round", flush=True)
+    fl_med, min_med = statistics.median(fl_s), statistics.median(min_s)
+    print(json.dumps({
+        "workload": f"MNIST cnn, 100 clients, 10/round, E=1, B=32, lr 0.05, {a.rounds} rounds, {a.nproc} ranks",
+        "fl_round_s": round(fl_med, 4), "minimal_round_s": round(min_med, 4), "ratio": round(fl_med / min_med, 3),
+        "fl_test_accuracy": round(statistics.median(fl_acc), 4),
+        "minimal_test_accuracy": round(statistics.median(min_acc), 4), "repeats": a.repeats,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
