@@ -34,10 +34,10 @@ def _int(cfg: DictConfig, key: str, low: int, high: int | None = None, allow_non
         raise ConfigError(key, value, f"must be an integer >= {low}{upper}" + (" (or null)" if allow_none else ""))
 
 
-def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:
+def _choice(cfg: DictConfig, key: str, allowed: tuple[object, ...]) -> None:
     value = cfg_get(cfg, key)
     if value not in allowed:
-        raise ConfigError(key, value, f"must be one of {', '.join(allowed)}")
+        raise ConfigError(key, value, f"must be one of {', '.join(map(str, allowed))}")
 
 
 def cfg_get(cfg: DictConfig, key: str) -> object:
@@ -81,6 +81,9 @@ def validate(cfg: DictConfig, world_size: int, rank: int = 0) -> None:
                     cfg.fl.local_epochs)
     _int(cfg, "fl.eval_every", 1)
     _int(cfg, "fl.eval_clients", 1, num_clients, allow_none=True)
+    if cfg.fl.eval_clients is not None and cfg.fl.holdout_fraction == 0:
+        log.warning("fl.eval_clients=%d has no effect: fl.holdout_fraction=0 leaves no held-out data",
+                    cfg.fl.eval_clients)
     _int(cfg, "fl.checkpoint_every", 0)
     _int(cfg, "fl.keep_checkpoints", 1)
     hf = cfg.fl.holdout_fraction
@@ -132,7 +135,7 @@ def _validate_data(cfg: DictConfig, num_clients: int, world_size: int, rank: int
             raise ConfigError("data.shape", list(d.shape), "must be [channels, height, width] of positive integers")
     elif d.name == "folder":
         _int(cfg, "data.image_size", 4)
-        _choice(cfg, "data.channels", (1, 3))  # type: ignore[arg-type]
+        _choice(cfg, "data.channels", (1, 3))
         hosted = [c for c in range(num_clients) if c % world_size == rank]
         folder.check_sites(str(d.root), hosted)
         if d.test_root is not None and not Path(str(d.test_root)).is_dir():

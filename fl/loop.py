@@ -196,6 +196,9 @@ class Rounds:
                 raise ConfigError(k, now[k], f"the checkpoint in {self.ckpt_dir} was written with "
                                   f"{k}={meta['fingerprint'].get(k)!r}; resume with the same value or a new run dir")
             start = int(meta["round"])
+            if start > self.cfg.fl.rounds:
+                raise ConfigError("fl.rounds", self.cfg.fl.rounds,
+                                  f"must be >= {start}, the rounds already done by the checkpoint in {self.ckpt_dir}")
             self.strategy.load_state_dict(meta["strategy"])
             if state is not None:
                 global_flat.copy_(state["global"])

@@ -38,6 +38,14 @@ def shared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def run_job(rank: int, world_size: int, init_method: str, cfg: DictConfig, run_dir: Path) -> dict:
+    """A :func:`fork_ranks` target: the whole federated job on one rank."""
+    from fl.loop import run
+    from fl.runtime import DistEnv
+
+    return run(cfg, run_dir, DistEnv(rank, world_size, rank), init_method=init_method)
+
+
 def _child(rank: int, world_size: int, init_method: str, fn: Callable, args: tuple, out: Path) -> None:
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))

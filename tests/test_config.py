@@ -27,6 +27,7 @@ from fl.errors import ConfigError
     (["partition=shards", "partition.shards_per_client=0"], 1, r"partition.shards_per_client=0 is invalid"),
     (["data=synthetic", "data.shape=[1,8]"], 1, r"data.shape=\[1, 8\] is invalid"),
     (["fl.eval_clients=0"], 1, r"fl.eval_clients=0 is invalid"),
+    (["data=folder", "data.root='/x/{client}'", "data.channels=2"], 1, r"data.channels=2 is invalid: must be one of 1, 3"),
 ])
 def test_bad_values_name_key_value_and_allowed(overrides, world_size, message):
     with pytest.raises(ConfigError, match=message):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import fork_ranks, make_cfg
+from conftest import fork_ranks, make_cfg, run_job
 from fl.data import datasets
 from fl.loop import run
 from fl.runtime import DistEnv
@@ -56,16 +56,12 @@ def _write_sites(root, num_sites):
         raw(test.x[i]).save(folder / f"{i}.png")
 
 
-def _site_job(rank, world_size, init_method, cfg, run_dir):
-    return run(cfg, run_dir, DistEnv(rank, world_size, rank), init_method=init_method)
-
-
 def test_folder_sites_train_on_their_own_rank(tmp_path):
     _write_sites(tmp_path, 2)
     cfg = make_cfg("data=folder", f"data.root='{tmp_path}/site_{{client}}'", f"data.test_root={tmp_path}/test",
                    "data.image_size=8", "model=cnn", "fl.rounds=10", "fl.local_epochs=2", "optim.lr=0.1",
                    "fl.checkpoint_every=0", "fl.eval_every=10")
-    summaries = fork_ranks(2, _site_job, tmp_path, cfg, tmp_path / "run")
+    summaries = fork_ranks(2, run_job, tmp_path, cfg, tmp_path / "run")
     part = json.loads((tmp_path / "run" / "partition.json").read_text())
     assert part["classes"] == [f"digit_{d}" for d in range(10)]
     site1 = np.array(part["clients"]["1"]["label_counts"])

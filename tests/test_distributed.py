@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import fork_ranks, make_cfg
+from conftest import fork_ranks, make_cfg, run_job
 from fl.comm import Comm
 from fl.errors import ConfigError
 from fl.loop import run
@@ -17,14 +17,10 @@ SMALL = ("data=digits", "model=cnn", "partition=dirichlet", "fl.num_clients=10",
          "fl.rounds=3", "fl.eval_every=3", "train.batch_size=16", "optim.lr=0.1", "fl.local_epochs=2", "fl.checkpoint_every=0")
 
 
-def _job(rank, world_size, init_method, cfg, run_dir):
-    return run(cfg, run_dir, DistEnv(rank, world_size, rank), init_method=init_method)
-
-
 def _final(tmp_path, name, world_size, *overrides):
     run_dir = tmp_path / name
     cfg = make_cfg(*SMALL, *overrides)
-    summaries = fork_ranks(world_size, _job, tmp_path, cfg, run_dir)
+    summaries = fork_ranks(world_size, run_job, tmp_path, cfg, run_dir)
     return torch.load(run_dir / "final_model.pt", weights_only=True), summaries[0], run_dir
 
 
@@ -76,8 +72,10 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
     _final(tmp_path, "run", 1, "fl.rounds=2", "fl.checkpoint_every=1")
-    with pytest.raises(RuntimeError, match="optim"):
+    with pytest.raises(RuntimeError, match=r"ConfigError: optim=.* was written with optim="):
         _final(tmp_path, "run", 1, "fl.rounds=3", "fl.checkpoint_every=1", "optim.lr=0.2")
+    with pytest.raises(RuntimeError, match=r"ConfigError: fl.rounds=1 is invalid: must be >= 2"):
+        _final(tmp_path, "run", 1, "fl.rounds=1", "fl.checkpoint_every=1")
 
 
 def test_config_error_is_raised_before_the_process_group(tmp_path):
