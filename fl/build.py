@@ -15,7 +15,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fl.client import OptimizerFactory
 from fl.cohort import home_rank
 from fl.comm import Comm
 from fl.data import datasets, folder
@@ -26,6 +25,7 @@ from fl.flat import FlatModel
 from fl.models import build_model
 from fl.seeding import derive_seed
 from fl.strategies.base import Strategy
+from fl.types import OptimizerFactory
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ trains identically whichever rank hosts it.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -15,9 +15,7 @@ from fl.data.federation import ClientShard
 from fl.data.datasets import TensorData
 from fl.flat import FlatModel
 from fl.seeding import derive_seed, generator
-from fl.types import ClientUpdate, LocalTraining
-
-OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+from fl.types import ClientTask, ClientUpdate, LocalTraining
 
 
 def batch_indices(n: int, plan: LocalTraining, g: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
@@ -38,28 +36,19 @@ def batch_indices(n: int, plan: LocalTraining, g: torch.Generator, device: torch
             return
 
 
-def local_train(
-    fm: FlatModel,
-    global_flat: torch.Tensor,
-    shard: ClientShard,
-    make_optimizer: OptimizerFactory,
-    plan: LocalTraining,
-    seed: int,
-    round_idx: int,
-    client_id: int,
-) -> ClientUpdate:
+def local_train(fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, task: ClientTask) -> ClientUpdate:
     """Train ``fm`` from ``global_flat`` on the client's training split; return its delta."""
     device = global_flat.device
     fm.load_(global_flat)
     model = fm.module
     model.train()
-    g = generator(seed, "batches", round_idx, client_id, device=device)
-    torch.manual_seed(derive_seed(seed, "dropout", round_idx, client_id))  # dropout / augmentation
-    opt = make_optimizer(list(model.parameters()))
+    g = generator(task.seed, "batches", task.round_idx, task.client_id, device=device)
+    torch.manual_seed(derive_seed(task.seed, "dropout", task.round_idx, task.client_id))  # dropout / augmentation
+    opt = task.make_optimizer(list(model.parameters()))
     x, y, idx = shard.data.x, shard.data.y, shard.train_idx
     loss_sum = torch.zeros((), device=device)
     seen = steps = 0
-    for pos in batch_indices(shard.num_train, plan, g, device):
+    for pos in batch_indices(shard.num_train, task.plan, g, device):
         rows = idx[pos]
         loss = F.cross_entropy(model(x[rows]), y[rows])
         opt.zero_grad(set_to_none=True)
@@ -68,7 +57,7 @@ def local_train(
         loss_sum += loss.detach() * rows.numel()  # stays on device: no sync per batch
         seen += rows.numel()
         steps += 1
-    return ClientUpdate(client_id, fm.flat - global_flat, shard.num_train, loss_sum, seen, steps)
+    return ClientUpdate(task.client_id, fm.flat - global_flat, shard.num_train, loss_sum, seen, steps)
 
 
 @torch.no_grad()

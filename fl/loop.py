@@ -32,7 +32,7 @@ from fl.metrics import MetricsSink, NullSink
 from fl.rundir import agree_run_dir
 from fl.runtime import DistEnv, process_group, resolve_backend, resolve_device
 from fl.strategies.base import Strategy
-from fl.types import LocalTraining
+from fl.types import ClientTask, LocalTraining, OptimizerFactory, RoundResult
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class Rounds:
     """State and steps of the round loop for one rank."""
 
     def __init__(self, cfg: DictConfig, comm: Comm, fed: Federation, fm: FlatModel, strategy: Strategy,
-                 transport: str, make_optimizer, run_dir: Path) -> None:
+                 transport: str, make_optimizer: OptimizerFactory, run_dir: Path) -> None:
         self.cfg, self.comm, self.fed, self.fm = cfg, comm, fed, fm
         self.strategy, self.transport, self.make_optimizer = strategy, transport, make_optimizer
         self.run_dir, self.ckpt_dir = run_dir, run_dir / "checkpoints"
@@ -148,15 +148,15 @@ class Rounds:
                 "train_s": train_s, "eval_s": eval_s, "round_s_mean": train_s / done if done else None,
                 "final": last}
 
-    def _train_round(self, rnd: int, global_flat: torch.Tensor):
+    def _train_round(self, rnd: int, global_flat: torch.Tensor) -> RoundResult:
         cfg, comm = self.cfg, self.comm
         cohort = sample_cohort(cfg.seed, rnd, cfg.fl.num_clients, cfg.fl.clients_per_round)
         by_rank = assign(cohort, comm.world_size, self.fed.per_site)
         agg = make_aggregator(self.transport, self.strategy, comm, len(self.fm), self.device,
                               max(len(r) for r in by_rank))
         for cid in by_rank[comm.rank]:
-            agg.add(self.strategy.client_update(self.fm, global_flat, self.fed.shards[cid], self.make_optimizer,
-                                                self.plan, cfg.seed, rnd, cid))
+            task = ClientTask(cid, rnd, cfg.seed, self.plan, self.make_optimizer)
+            agg.add(self.strategy.client_update(self.fm, global_flat, self.fed.shards[cid], task))
         return agg.finish(global_flat, rnd)
 
     def _evaluate(self, rnd: int, global_flat: torch.Tensor) -> dict[str, float]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+
+OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,20 @@ class LocalTraining:
     epochs: int
     steps: int | None
     batch_size: int
+
+
+@dataclass(frozen=True)
+class ClientTask:
+    """One client's job in one round: who, when, how much local work, with which optimizer.
+
+    ``seed`` is the run seed; the client's random streams derive from (seed, round, client).
+    """
+
+    client_id: int
+    round_idx: int
+    seed: int
+    plan: LocalTraining
+    make_optimizer: OptimizerFactory
 
 
 @dataclass(frozen=True)

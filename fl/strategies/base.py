@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from fl.client import OptimizerFactory, local_train
+from fl.client import local_train
 from fl.data.federation import ClientShard
 from fl.flat import FlatModel
-from fl.types import ClientUpdate, LocalTraining
+from fl.types import ClientTask, ClientUpdate
 
 
 class Strategy:
@@ -31,19 +31,10 @@ class Strategy:
 
     is_weighted_mean: bool = True
 
-    def client_update(
-        self,
-        fm: FlatModel,
-        global_flat: torch.Tensor,
-        shard: ClientShard,
-        make_optimizer: OptimizerFactory,
-        plan: LocalTraining,
-        seed: int,
-        round_idx: int,
-        client_id: int,
-    ) -> ClientUpdate:
+    def client_update(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard,
+                      task: ClientTask) -> ClientUpdate:
         """Run the client's local training from the global weights."""
-        return local_train(fm, global_flat, shard, make_optimizer, plan, seed, round_idx, client_id)
+        return local_train(fm, global_flat, shard, task)
 
     def client_vector(self, update: ClientUpdate) -> torch.Tensor:
         """The flat vector a client contributes (default: its model delta)."""
