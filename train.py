@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fl.errors import ConfigError
 from fl.loop import run
+from fl.runtime import report_to_launcher
 
 # Only rank 0 keeps Hydra's .hydra/ folder (resolved config, overrides): the other ranks
 # would otherwise create their own run directories when their ${now:} differs.
@@ -27,8 +28,9 @@ OmegaConf.register_new_resolver("fl_rank0_only", lambda value: value if os.envir
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except ConfigError as e:
+    except ConfigError as e:  # a user mistake: one line, no traceback, exit status 2
         logging.getLogger("fl").error("%s", e)
+        report_to_launcher(f"{type(e).__name__}: {e}")
         sys.exit(2)
 
 

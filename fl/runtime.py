@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -95,3 +97,19 @@ def process_group(
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def report_to_launcher(message: str) -> None:
+    """Give torchrun this rank's one-line failure reason.
+
+    torchrun's failure summary shows, as the root cause, what a rank wrote to
+    ``TORCHELASTIC_ERROR_FILE`` (a JSON record documented in
+    ``torch.distributed.elastic.multiprocessing.errors``). Without torchrun this does nothing.
+    """
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    record = {"message": {"message": message,
+                          "extraInfo": {"py_callstack": message, "timestamp": str(int(time.time()))}}}
+    with open(path, "w") as f:
+        json.dump(record, f)

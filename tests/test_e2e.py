@@ -54,3 +54,14 @@ def test_torchrun_two_ranks_on_digits(tmp_path):
 
     assert "[rank0]" in proc.stderr and "[rank1]" not in proc.stderr, "rank 1 logs only warnings and errors"
     assert "Traceback" not in proc.stderr
+
+
+def test_torchrun_config_error_names_the_key(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "train.py"), "fl.clients_per_round=5"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "ERROR fl: fl.clients_per_round=5 is invalid: must be an integer >= 1 and <= 2" in proc.stderr
+    # torchrun's failure summary shows our one-line reason as the rank's root cause
+    assert "traceback : ConfigError: fl.clients_per_round=5 is invalid" in proc.stderr
+    assert not list(tmp_path.glob("outputs/*/*/run.json")), "no work may start"
