@@ -1,0 +1,31 @@
+"""Every config group option and experiment preset composes and validates."""
+
+import pytest
+
+from conftest import REPO, make_cfg
+from fl.config import validate
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
+def test_experiments_compose_and_validate(experiment, tmp_path):
+    cfg = make_cfg(f"experiment={experiment}", f"data.root={tmp_path}")  # download=true: files not needed yet
+    validate(cfg, 2)
+    assert cfg.data.name == "mnist" and cfg.fl.num_clients == 100 and cfg.fl.clients_per_round == 10
+
+
+def test_mcmahan_presets_match_the_paper():
+    for name, partition in (("mnist_cnn_iid", "iid"), ("mnist_cnn_noniid", "shards")):
+        cfg = make_cfg(f"experiment={name}")
+        assert (cfg.model.name, cfg.partition.name, cfg.fl.local_epochs, cfg.train.batch_size) == \
+            ("cnn_mcmahan", partition, 5, 10)
+
+
+@pytest.mark.parametrize("group, options", [
+    ("model", ["cnn", "cnn_mcmahan", "mlp", "logreg", "resnet18"]),
+    ("partition", ["iid", "dirichlet", "shards"]),
+    ("optim", ["sgd", "adam"]),
+    ("data", ["digits", "synthetic"]),
+])
+def test_group_options_validate(group, options):
+    for option in options:
+        validate(make_cfg(f"{group}={option}"), 1)
