@@ -108,28 +108,29 @@ class Rounds:
         start, global_flat = self._resume()
         rounds = int(cfg.fl.rounds)
         sink = MetricsSink(self.run_dir, start) if comm.is_main else NullSink()
-        train_s = eval_s = 0.0
+        train_s = eval_s = train_cpu_s = 0.0
         last: dict[str, float] = {}
         bar = tqdm(total=rounds, initial=start, desc="rounds", unit="round", dynamic_ncols=True,
                    disable=not (comm.is_main and cfg.runtime.progress))
         try:
             with logging_redirect_tqdm(loggers=[logging.getLogger("fl")]):
                 for rnd in range(start, rounds):
-                    t0 = time.perf_counter()
+                    t0, cpu0 = time.perf_counter(), time.process_time()
                     result = self._train_round(rnd, global_flat)
                     global_flat = result.new_global
                     metrics = {"train_loss": result.train_loss, "clients": result.num_clients,
                                "comm_bytes": result.comm_bytes}
                     evaluated = (rnd + 1) % cfg.fl.eval_every == 0 or rnd + 1 == rounds
-                    t_eval = time.perf_counter()
+                    t_eval, cpu_eval = time.perf_counter(), time.process_time()
                     if evaluated:
                         metrics.update(self._evaluate(rnd, global_flat))
-                    t_eval = time.perf_counter() - t_eval
+                    t_eval, cpu_eval = time.perf_counter() - t_eval, time.process_time() - cpu_eval
                     metrics["round_s"] = time.perf_counter() - t0 - t_eval
                     sink.log_round(rnd + 1, metrics, evaluated)
                     if cfg.fl.checkpoint_every and ((rnd + 1) % cfg.fl.checkpoint_every == 0 or rnd + 1 == rounds):
                         self._checkpoint(rnd + 1, global_flat)
                     train_s += time.perf_counter() - t0 - t_eval
+                    train_cpu_s += time.process_time() - cpu0 - cpu_eval
                     eval_s += t_eval
                     last.update(metrics)
                     bar.set_postfix({k: f"{last[k]:.4f}" for k in ("train_loss", "test_accuracy") if k in last})
@@ -145,7 +146,7 @@ class Rounds:
             torch.save(self.fm.state_dict(), self.run_dir / "final_model.pt")
         done = rounds - start
         return {"rounds": rounds, "resumed_from_round": start, "rounds_run": done,
-                "train_s": train_s, "eval_s": eval_s, "round_s_mean": train_s / done if done else None,
+                "train_s": train_s, "train_cpu_s": train_cpu_s, "eval_s": eval_s, "round_s_mean": train_s / done if done else None,
                 "final": last}
 
     def _train_round(self, rnd: int, global_flat: torch.Tensor) -> RoundResult:
