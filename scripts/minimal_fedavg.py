@@ -64,7 +64,9 @@ def main() -> None:
         mine = torch.tensor_split(torch.tensor(cohort), world)[rank].tolist()
         acc = torch.zeros(global_w.numel() + 1)
         for cid in mine:
-            vector_to_parameters(global_w, model.parameters())
+            # clone: vector_to_parameters makes the parameters *views* of its argument, so without
+            # it local SGD steps would write into global_w itself
+            vector_to_parameters(global_w.clone(), model.parameters())
             opt = torch.optim.SGD(model.parameters(), lr=a.lr)
             idx = parts[cid]
             perm = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(cid * 7919 + rnd))]
@@ -80,7 +82,7 @@ def main() -> None:
         global_w += acc[:-1] / acc[-1]
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
 
-    vector_to_parameters(global_w, model.parameters())
+    vector_to_parameters(global_w.clone(), model.parameters())
     with torch.no_grad():
         accuracy = (model.eval()(xt).argmax(1) == yt).float().mean().item()
     if rank == 0:
