@@ -82,8 +82,8 @@ def main() -> None:
     # Wall time on a small shared machine drifts by 10-30% between runs, so each fl run is compared
     # with the minimal run just before it (paired ratios), the fastest runs are compared too, and so is
     # rank 0's CPU time (the work done: gloo waits block, they do not spin), which drifts far less.
-    ratios = [f / m for f, m in zip(fl_s, min_s)]
-    cpu_ratios = [f / m for f, m in zip(fl_cpu, min_cpu)]
+    ratios = [f / m for f, m in zip(fl_s, min_s, strict=True)]
+    cpu_ratios = [f / m for f, m in zip(fl_cpu, min_cpu, strict=True)]
     print(json.dumps({
         "workload": f"MNIST cnn, 100 clients, 10/round, E=1, B=32, lr 0.05, {a.rounds} rounds, {a.nproc} ranks",
         "fl_round_s_median": round(statistics.median(fl_s), 4),

@@ -22,8 +22,8 @@ def test_iid_is_a_balanced_disjoint_cover_and_deterministic():
     _check_cover(parts, 1000)
     sizes = [len(p) for p in parts]
     assert max(sizes) - min(sizes) <= 1
-    assert all(torch.equal(a, b) for a, b in zip(parts, P.iid(1000, 7, seed=3)))
-    assert not all(torch.equal(a, b) for a, b in zip(parts, P.iid(1000, 7, seed=4)))
+    assert all(torch.equal(a, b) for a, b in zip(parts, P.iid(1000, 7, seed=3), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(parts, P.iid(1000, 7, seed=4), strict=True))
 
 
 def test_dirichlet_cover_determinism_and_skew_grows_as_alpha_shrinks():
@@ -32,7 +32,7 @@ def test_dirichlet_cover_determinism_and_skew_grows_as_alpha_shrinks():
     for parts in (skewed, mild):
         _check_cover(parts, 1000)
         assert min(len(p) for p in parts) >= 2
-    assert all(torch.equal(a, b) for a, b in zip(skewed, P.dirichlet(LABELS, 20, alpha=0.1, seed=0)))
+    assert all(torch.equal(a, b) for a, b in zip(skewed, P.dirichlet(LABELS, 20, alpha=0.1, seed=0), strict=True))
     assert _classes_per_client(skewed) < 4 < _classes_per_client(mild)
 
 

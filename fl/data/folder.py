@@ -45,5 +45,5 @@ def load_folder(path: Path, classes: list[str], image_size: int, channels: int) 
     if len(ds) == 0:
         raise ConfigError("data.root", str(path), "holds no images")
     remap = torch.tensor([classes.index(c) for c in ds.classes], dtype=torch.int64)
-    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    xs, ys = zip(*(ds[i] for i in range(len(ds))), strict=True)
     return TensorData(torch.stack(xs), remap[torch.tensor(ys, dtype=torch.int64)])
