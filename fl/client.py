@@ -6,7 +6,7 @@ trains identically whichever rank hosts it.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +36,16 @@ def batch_indices(n: int, plan: LocalTraining, g: torch.Generator, device: torch
             return
 
 
-def local_train(fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, task: ClientTask) -> ClientUpdate:
-    """Train ``fm`` from ``global_flat`` on the client's training split; return its delta."""
+ExtraLoss = Callable[[], torch.Tensor]
+
+
+def local_train(fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, task: ClientTask,
+                extra_loss: ExtraLoss | None = None) -> ClientUpdate:
+    """Train ``fm`` from ``global_flat`` on the client's training split; return its delta.
+
+    ``extra_loss`` (e.g. FedProx's proximal term) is added to every mini-batch loss; the
+    reported training loss is the data loss alone.
+    """
     device = global_flat.device
     fm.load_(global_flat)
     model = fm.module
@@ -52,7 +60,7 @@ def local_train(fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, ta
         rows = idx[pos]
         loss = F.cross_entropy(model(x[rows]), y[rows])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if extra_loss is None else loss + extra_loss()).backward()
         opt.step()
         loss_sum += loss.detach() * rows.numel()  # stays on device: no sync per batch
         seen += rows.numel()

@@ -40,6 +40,14 @@ class FlatModel:
     def __len__(self) -> int:
         return int(self.flat.numel())
 
+    def param_views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """``flat`` (another flat vector of this layout) cut into views shaped like the parameters."""
+        out, offset = [], 0
+        for p in self.module.parameters():
+            out.append(flat[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+        return out
+
     def load_(self, flat: torch.Tensor) -> None:
         """Copy ``flat`` into the model's weights."""
         self.flat.copy_(flat)

@@ -69,6 +69,7 @@ def run(cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, init_method:
     backend = resolve_backend(cfg.runtime.backend, device)
     strategy, requested = build_strategy(cfg)
     transport = choose_transport(requested, strategy)
+    strategy.check(int(cfg.fl.clients_per_round))
     make_optimizer = build_optimizer_factory(cfg)
     with process_group(env, device, backend, float(cfg.runtime.timeout_s), init_method):
         comm = Comm(env.rank, env.world_size, device)

@@ -29,3 +29,16 @@ def test_mcmahan_presets_match_the_paper():
 def test_group_options_validate(group, options):
     for option in options:
         validate(make_cfg(f"{group}={option}"), 1)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "strategy").glob("*.yaml")))
+def test_every_strategy_builds_and_picks_its_transport(name):
+    from fl.aggregation import choose_transport
+    from fl.build import build_strategy
+
+    cfg = make_cfg(f"strategy={name}", "fl.num_clients=10")
+    validate(cfg, 2)
+    strategy, requested = build_strategy(cfg)
+    strategy.check(cfg.fl.clients_per_round)
+    expected = "gather" if name in ("median", "trimmed_mean", "krum", "multi_krum") else "allreduce"
+    assert choose_transport(requested, strategy) == expected

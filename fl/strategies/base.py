@@ -31,6 +31,9 @@ class Strategy:
 
     is_weighted_mean: bool = True
 
+    def check(self, clients_per_round: int) -> None:
+        """Refuse, before any work, a cohort size this strategy cannot aggregate (ConfigError)."""
+
     def client_update(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard,
                       task: ClientTask) -> ClientUpdate:
         """Run the client's local training from the global weights."""
