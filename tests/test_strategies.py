@@ -142,3 +142,37 @@ def test_fedadam_resume_equals_uninterrupted(tmp_path):
     assert summary["resumed_from_round"] == 2
     for k in full:
         assert torch.equal(full[k], resumed[k]), f"{k}: server moments must be restored from the checkpoint"
+
+
+def test_fedsgd_is_one_step_along_the_weighted_mean_gradient(tmp_path):
+    import torch.nn.functional as F
+
+    from conftest import make_cfg as _cfg
+    from fl.data.datasets import load_digits
+    from fl.data.federation import partition_indices, simulated_clients
+    from fl.loop import run
+    from fl.models import build_model
+    from fl.runtime import DistEnv
+    from fl.seeding import derive_seed
+
+    lr, seed = 0.3, 5
+    cfg = _cfg("strategy=fedsgd", f"seed={seed}", "fl.num_clients=4", "fl.rounds=1", f"optim.lr={lr}",
+               "fl.checkpoint_every=0", "partition=dirichlet")
+    run(cfg, tmp_path / "run", DistEnv())
+    engine = torch.load(tmp_path / "run" / "final_model.pt", weights_only=True)
+
+    train, _, spec = load_digits(0.2, 0)
+    shards = simulated_clients(train, partition_indices(train.y, 4, {"name": "dirichlet", "alpha": 0.5}, seed),
+                               0.1, seed)
+    torch.manual_seed(derive_seed(seed, "init"))
+    model = build_model("cnn", spec.input_shape, spec.num_classes)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    grads, total = {k: torch.zeros_like(p) for k, p in model.named_parameters()}, 0
+    for shard in shards:
+        model.zero_grad()
+        F.cross_entropy(model(train.x[shard.train_idx]), train.y[shard.train_idx]).backward()
+        for k, p in model.named_parameters():
+            grads[k] += shard.num_train * p.grad
+        total += shard.num_train
+    for k in grads:
+        torch.testing.assert_close(engine[k], start[k] - lr * grads[k] / total, rtol=0, atol=1e-6)
