@@ -42,7 +42,9 @@ class Aggregator:
     """Collects this rank's updates for one round, then runs the transport's collective."""
 
     def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device) -> None:
+        """``dim``: the flat model's length; client vectors have ``strategy.vector_dim(dim)``."""
         self.strategy, self.comm, self.dim, self.device = strategy, comm, dim, device
+        self.vdim = strategy.vector_dim(dim)
 
     def add(self, update: ClientUpdate) -> None:
         raise NotImplementedError
@@ -62,12 +64,12 @@ class SumAggregator(Aggregator):
 
     def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device) -> None:
         super().__init__(strategy, comm, dim, device)
-        self.buf = torch.zeros(dim + _EXTRA, device=device)
+        self.buf = torch.zeros(self.vdim + _EXTRA, device=device)
 
     def add(self, update: ClientUpdate) -> None:
         w = self.strategy.client_weight(update)
-        self.buf[:self.dim].add_(self.strategy.client_vector(update), alpha=w)
-        self.buf[self.dim:] += torch.stack([
+        self.buf[:self.vdim].add_(self.strategy.client_vector(update), alpha=w)
+        self.buf[self.vdim:] += torch.stack([
             torch.tensor(w, device=self.device), update.loss_sum.float(),
             torch.tensor(float(update.num_seen), device=self.device), torch.ones((), device=self.device),
         ])
@@ -75,10 +77,10 @@ class SumAggregator(Aggregator):
     def finish(self, global_flat: torch.Tensor, round_idx: int) -> RoundResult:
         total = self.comm.all_reduce_sum(self.buf)
         nbytes = total.numel() * total.element_size() * self.comm.world_size
-        tail = total[self.dim:]
+        tail = total[self.vdim:]
         if tail[0] <= 0:  # no client trained (cannot happen with validated configs)
             return self._result(round_idx, global_flat, tail, nbytes)
-        new_global = self.strategy.server_update(global_flat, total[:self.dim] / tail[0])
+        new_global = self.strategy.server_update(global_flat, total[:self.vdim] / tail[0])
         return self._result(round_idx, new_global, tail, nbytes)
 
 
@@ -91,13 +93,13 @@ class GatherAggregator(Aggregator):
 
     def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, rows_per_rank: int) -> None:
         super().__init__(strategy, comm, dim, device)
-        self.rows = torch.zeros(rows_per_rank, dim + _EXTRA, device=device)
+        self.rows = torch.zeros(rows_per_rank, self.vdim + _EXTRA, device=device)
         self.used = 0
 
     def add(self, update: ClientUpdate) -> None:
         row = self.rows[self.used]
-        row[:self.dim] = self.strategy.client_vector(update)
-        row[self.dim:] = torch.stack([
+        row[:self.vdim] = self.strategy.client_vector(update)
+        row[self.vdim:] = torch.stack([
             torch.tensor(self.strategy.client_weight(update), device=self.device), update.loss_sum.float(),
             torch.tensor(float(update.num_seen), device=self.device), torch.ones((), device=self.device),
         ])
@@ -108,9 +110,9 @@ class GatherAggregator(Aggregator):
         out = torch.empty(self.dim + _EXTRA, device=self.device)
         if gathered is not None:  # rank 0
             valid = gathered[gathered[:, -1] > 0]
-            out[self.dim:] = valid[:, self.dim:].sum(0)
+            out[self.dim:] = valid[:, self.vdim:].sum(0)
             if len(valid):
-                agg = self.strategy.aggregate(valid[:, :self.dim], valid[:, self.dim])
+                agg = self.strategy.aggregate(valid[:, :self.vdim], valid[:, self.vdim])
                 out[:self.dim] = self.strategy.server_update(global_flat, agg)
             else:
                 out[:self.dim] = global_flat

@@ -47,3 +47,11 @@ def assign(cohort: list[int], world_size: int, per_site: bool) -> list[list[int]
         out.append(cohort[start:start + size])
         start += size
     return out
+
+
+def client_epochs(seed: int, round_idx: int, client_id: int, low: int, high: int | None) -> int:
+    """The client's local epochs this round: ``low``, or uniform in ``[low, high]`` when ``high`` is
+    set (heterogeneous local work), from the client's own (seed, round, client) stream."""
+    if high is None or high == low:
+        return low
+    return int(torch.randint(low, high + 1, (1,), generator=generator(seed, "epochs", round_idx, client_id)))

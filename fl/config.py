@@ -76,6 +76,10 @@ def validate(cfg: DictConfig, world_size: int, rank: int = 0) -> None:
                     cfg.fl.clients_per_round, world_size)
     _int(cfg, "fl.local_epochs", 1)
     _int(cfg, "fl.local_steps", 1, allow_none=True)
+    _int(cfg, "fl.local_epochs_max", cfg.fl.local_epochs, allow_none=True)
+    if cfg.fl.local_epochs_max is not None and cfg.fl.local_steps is not None:
+        log.warning("fl.local_steps=%d is set: fl.local_epochs_max=%d has no effect", cfg.fl.local_steps,
+                    cfg.fl.local_epochs_max)
     if cfg.fl.local_steps is not None and cfg.fl.local_epochs != 1:
         log.warning("fl.local_steps=%d is set: fl.local_epochs=%d has no effect", cfg.fl.local_steps,
                     cfg.fl.local_epochs)

@@ -22,7 +22,7 @@ import fl
 from fl import checkpoint, evaluation
 from fl.aggregation import choose_transport, make_aggregator
 from fl.build import Federation, build_federation, build_flat_model, build_optimizer_factory, build_strategy
-from fl.cohort import assign, sample_cohort
+from fl.cohort import assign, client_epochs, sample_cohort
 from fl.comm import Comm
 from fl.config import validate
 from fl.errors import ConfigError
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 # Keys whose change would make a resumed run differ from the run that wrote the checkpoint.
 FINGERPRINT_KEYS = ("seed", "data", "partition", "model", "optim", "strategy", "train.batch_size",
-                    "fl.num_clients", "fl.clients_per_round", "fl.local_epochs", "fl.local_steps",
+                    "fl.num_clients", "fl.clients_per_round", "fl.local_epochs", "fl.local_epochs_max", "fl.local_steps",
                     "fl.holdout_fraction")
 
 
@@ -157,7 +157,10 @@ class Rounds:
         agg = make_aggregator(self.transport, self.strategy, comm, len(self.fm), self.device,
                               max(len(r) for r in by_rank))
         for cid in by_rank[comm.rank]:
-            task = ClientTask(cid, rnd, cfg.seed, self.plan, self.make_optimizer)
+            epochs = client_epochs(cfg.seed, rnd, cid, self.plan.epochs, cfg.fl.local_epochs_max)
+            plan = self.plan if epochs == self.plan.epochs else LocalTraining(epochs, self.plan.steps,
+                                                                               self.plan.batch_size)
+            task = ClientTask(cid, rnd, cfg.seed, plan, self.make_optimizer)
             agg.add(self.strategy.client_update(self.fm, global_flat, self.fed.shards[cid], task))
         return agg.finish(global_flat, rnd)
 

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from fl.cohort import assign, sample_cohort
+from fl.cohort import assign, client_epochs, sample_cohort
 from fl.flat import FlatModel
 from fl.models import build_model
 from fl.seeding import derive_seed
@@ -54,3 +54,10 @@ def test_models_build_for_every_dataset_shape():
             model = build_model(name, shape, 10)
             assert model.eval()(torch.zeros(2, *shape)).shape == (2, 10)
     assert sum(p.numel() for p in build_model("cnn_mcmahan", (1, 28, 28), 10).parameters()) == 1_663_370
+
+
+def test_client_epochs_are_per_client_seeded_and_in_range():
+    draws = [client_epochs(0, 1, c, 1, 4) for c in range(200)]
+    assert set(draws) == {1, 2, 3, 4}
+    assert draws == [client_epochs(0, 1, c, 1, 4) for c in range(200)]
+    assert client_epochs(0, 1, 7, 2, None) == 2

@@ -176,3 +176,36 @@ def test_fedsgd_is_one_step_along_the_weighted_mean_gradient(tmp_path):
         total += shard.num_train
     for k in grads:
         torch.testing.assert_close(engine[k], start[k] - lr * grads[k] / total, rtol=0, atol=1e-6)
+
+
+def test_fednova_normalizes_by_local_steps():
+    from fl.aggregation import GatherAggregator, SumAggregator
+    from fl.comm import Comm
+    from fl.strategies.fednova import FedNova
+
+    cpu = torch.device("cpu")
+    ups = [ClientUpdate(i, DELTAS[i], n, torch.tensor(0.0), 1, tau)
+           for i, (n, tau) in enumerate([(10, 4), (30, 1), (20, 2)])]
+    p = torch.tensor([10.0, 30.0, 20.0]) / 60
+    tau = torch.tensor([4.0, 1.0, 2.0])
+    expected = (p * tau).sum() * sum(p[i] * DELTAS[i] / tau[i] for i in range(3))
+    for agg in (SumAggregator(FedNova(), Comm(0, 1, cpu), 7, cpu), GatherAggregator(FedNova(), Comm(0, 1, cpu), 7, cpu, 3)):
+        for u in ups:
+            agg.add(u)
+        result = agg.finish(torch.zeros(7), 0)
+        torch.testing.assert_close(result.new_global, expected)
+        assert not torch.allclose(result.new_global, weighted_mean(torch.stack(DELTAS[:3]), p))
+
+
+def test_fednova_equals_fedavg_with_equal_steps_and_differs_with_unequal(tmp_path):
+    # equal steps: fixed local_steps (one epoch would differ, since clients hold different amounts of data)
+    ref, _ = _final(tmp_path, "avg", 1, "fl.local_steps=5")
+    nova, _ = _final(tmp_path, "nova", 1, "strategy=fednova", "fl.local_steps=5")
+    for k in ref:
+        torch.testing.assert_close(nova[k], ref[k], rtol=0, atol=1e-6)
+    het_avg, _ = _final(tmp_path, "het_avg", 2, "fl.local_epochs_max=3")
+    het_nova, _ = _final(tmp_path, "het_nova", 2, "strategy=fednova", "fl.local_epochs_max=3")
+    het_nova_1, _ = _final(tmp_path, "het_nova_1", 1, "strategy=fednova", "fl.local_epochs_max=3")
+    assert any((het_avg[k] - het_nova[k]).abs().max() > 1e-4 for k in ref), "unequal steps must change FedNova"
+    for k in ref:  # heterogeneous local work is drawn per client, not per rank
+        torch.testing.assert_close(het_nova[k], het_nova_1[k], rtol=0, atol=1e-5)

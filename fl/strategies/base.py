@@ -39,6 +39,11 @@ class Strategy:
         """Run the client's local training from the global weights."""
         return local_train(fm, global_flat, shard, task)
 
+    def vector_dim(self, model_dim: int) -> int:
+        """Length of :meth:`client_vector` (default: the flat model; more for strategies that
+        also aggregate per-client scalars, e.g. FedNova's step counts)."""
+        return model_dim
+
     def client_vector(self, update: ClientUpdate) -> torch.Tensor:
         """The flat vector a client contributes (default: its model delta)."""
         return update.delta
@@ -48,11 +53,11 @@ class Strategy:
         return float(update.num_samples)
 
     def aggregate(self, vectors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Combine client vectors ``[K, D]`` with weights ``[K]`` into one ``[D]`` (pure)."""
+        """Combine client vectors ``[K, V]`` with weights ``[K]`` into one ``[V]`` (pure)."""
         return weighted_mean(vectors, weights)
 
     def server_update(self, global_flat: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:
-        """The new global weights from the old ones and the aggregate (pure)."""
+        """The new global weights ``[D]`` from the old ones and the aggregate ``[V]``."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
