@@ -7,8 +7,8 @@ Two transports, one collective step each, on one flat buffer:
   result, so there is no broadcast. Valid when the strategy's aggregate is a weighted
   mean (``strategy.is_weighted_mean``).
 * ``gather``: each rank fills one row per hosted client; rows are gathered on rank 0,
-  which runs ``strategy.aggregate`` on the individual updates and broadcasts the new
-  global model (plus the round's metrics) in one buffer.
+  which runs ``strategy.aggregate`` on the individual updates and broadcasts the aggregate
+  (plus the round's metrics) in one buffer; every rank then applies ``server_update``.
 
 Both give the same model for weighted-mean strategies, up to float summation order.
 """
@@ -107,19 +107,20 @@ class GatherAggregator(Aggregator):
 
     def finish(self, global_flat: torch.Tensor, round_idx: int) -> RoundResult:
         gathered = self.comm.gather_rows(self.rows)
-        out = torch.empty(self.dim + _EXTRA, device=self.device)
+        # Rank 0 aggregates; the *aggregate* is broadcast and every rank applies server_update,
+        # so server state (optimizer moments, control variates) stays identical on all ranks.
+        out = torch.zeros(self.vdim + _EXTRA, device=self.device)
         if gathered is not None:  # rank 0
             valid = gathered[gathered[:, -1] > 0]
-            out[self.dim:] = valid[:, self.vdim:].sum(0)
+            out[self.vdim:] = valid[:, self.vdim:].sum(0)
             if len(valid):
-                agg = self.strategy.aggregate(valid[:, :self.vdim], valid[:, self.vdim])
-                out[:self.dim] = self.strategy.server_update(global_flat, agg)
-            else:
-                out[:self.dim] = global_flat
+                out[:self.vdim] = self.strategy.aggregate(valid[:, :self.vdim], valid[:, self.vdim])
         self.comm.broadcast(out)
         nbytes = self.rows.numel() * self.rows.element_size() * self.comm.world_size
         nbytes += out.numel() * out.element_size() * (self.comm.world_size - 1)
-        return self._result(round_idx, out[:self.dim], out[self.dim:], nbytes)
+        tail = out[self.vdim:]
+        new_global = self.strategy.server_update(global_flat, out[:self.vdim]) if tail[-1] > 0 else global_flat
+        return self._result(round_idx, new_global, tail, nbytes)
 
 
 def make_aggregator(
