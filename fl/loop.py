@@ -22,6 +22,7 @@ import fl
 from fl import checkpoint, evaluation
 from fl.aggregation import choose_transport, make_aggregator
 from fl.build import Federation, build_federation, build_flat_model, build_optimizer_factory, build_strategy
+from fl.client_store import ClientStore
 from fl.cohort import assign, client_epochs, sample_cohort
 from fl.comm import Comm
 from fl.config import validate
@@ -32,7 +33,7 @@ from fl.metrics import MetricsSink, NullSink
 from fl.rundir import agree_run_dir
 from fl.runtime import DistEnv, process_group, resolve_backend, resolve_device
 from fl.strategies.base import Strategy
-from fl.types import ClientTask, LocalTraining, OptimizerFactory, RoundResult
+from fl.types import ClientTask, LocalTraining, OptimizerFactory, RoundResult, StrategyContext
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,8 @@ def run(cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, init_method:
     backend = resolve_backend(cfg.runtime.backend, device)
     strategy, requested = build_strategy(cfg)
     transport = choose_transport(requested, strategy)
-    strategy.check(int(cfg.fl.clients_per_round))
     make_optimizer = build_optimizer_factory(cfg)
+    strategy.check(StrategyContext(int(cfg.fl.num_clients), int(cfg.fl.clients_per_round), make_optimizer))
     with process_group(env, device, backend, float(cfg.runtime.timeout_s), init_method):
         comm = Comm(env.rank, env.world_size, device)
         run_dir = agree_run_dir(comm, run_dir)
@@ -103,6 +104,7 @@ class Rounds:
         self.run_dir, self.ckpt_dir = run_dir, run_dir / "checkpoints"
         self.device = fm.flat.device
         self.plan = LocalTraining(int(cfg.fl.local_epochs), cfg.fl.local_steps, int(cfg.train.batch_size))
+        self.store = ClientStore(run_dir / "client_state", int(cfg.fl.checkpoint_every), int(cfg.fl.keep_checkpoints))
 
     def run(self) -> dict:
         cfg, comm = self.cfg, self.comm
@@ -160,7 +162,7 @@ class Rounds:
             epochs = client_epochs(cfg.seed, rnd, cid, self.plan.epochs, cfg.fl.local_epochs_max)
             plan = self.plan if epochs == self.plan.epochs else LocalTraining(epochs, self.plan.steps,
                                                                                self.plan.batch_size)
-            task = ClientTask(cid, rnd, cfg.seed, plan, self.make_optimizer)
+            task = ClientTask(cid, rnd, cfg.seed, plan, self.make_optimizer, self.store)
             agg.add(self.strategy.client_update(self.fm, global_flat, self.fed.shards[cid], task))
         return agg.finish(global_flat, rnd)
 

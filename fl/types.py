@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -25,6 +25,7 @@ class ClientUpdate:
     loss_sum: torch.Tensor
     num_seen: int
     num_steps: int
+    extra: torch.Tensor | None = None  # a strategy's additional payload (e.g. SCAFFOLD's control delta)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,16 @@ class ClientTask:
     round_idx: int
     seed: int
     plan: LocalTraining
+    make_optimizer: OptimizerFactory
+    store: Any = None  # fl.client_store.ClientStore: per-client state across rounds
+
+
+@dataclass(frozen=True)
+class StrategyContext:
+    """What a strategy may check before any work (see ``Strategy.check``)."""
+
+    num_clients: int
+    clients_per_round: int
     make_optimizer: OptimizerFactory
 
 

@@ -38,7 +38,10 @@ def test_every_strategy_builds_and_picks_its_transport(name):
 
     cfg = make_cfg(f"strategy={name}", "fl.num_clients=10")
     validate(cfg, 2)
+    from fl.build import build_optimizer_factory
+    from fl.types import StrategyContext
+
     strategy, requested = build_strategy(cfg)
-    strategy.check(cfg.fl.clients_per_round)
+    strategy.check(StrategyContext(cfg.fl.num_clients, cfg.fl.clients_per_round, build_optimizer_factory(cfg)))
     expected = "gather" if name in ("median", "trimmed_mean", "krum", "multi_krum") else "allreduce"
     assert choose_transport(requested, strategy) == expected

@@ -16,6 +16,13 @@ from fl.strategies.norm_bound import NormBound, clip_to_norm
 from fl.strategies.robust import Median, TrimmedMean, coordinate_median, trimmed_mean
 from fl.types import ClientUpdate
 
+def _ctx(clients_per_round, lr=0.1, **optim):
+    from functools import partial
+
+    from fl.types import StrategyContext
+    return StrategyContext(20, clients_per_round, partial(torch.optim.SGD, lr=lr, **optim))
+
+
 DELTAS = [torch.randn(7, generator=torch.Generator().manual_seed(r)) for r in range(4)]
 
 
@@ -95,12 +102,12 @@ def test_norm_bound_clips_each_update():
 
 def test_impossible_cohorts_are_refused_before_work(caplog):
     with pytest.raises(ConfigError, match=r"strategy.num_byzantine=2 .*clients_per_round > 2 \* num_byzantine \+ 2"):
-        Krum(num_byzantine=2).check(6)
-    Krum(num_byzantine=2).check(7)
+        Krum(num_byzantine=2).check(_ctx(6))
+    Krum(num_byzantine=2).check(_ctx(7))
     with pytest.raises(ConfigError, match="strategy.m=9"):
-        Krum(num_byzantine=1, m=9).check(8)
+        Krum(num_byzantine=1, m=9).check(_ctx(8))
     with caplog.at_level("WARNING", logger="fl"):
-        TrimmedMean(beta=0.1).check(5)
+        TrimmedMean(beta=0.1).check(_ctx(5))
     assert "strategy.beta=0.1 trims no client of 5" in caplog.text
     with pytest.raises(ConfigError, match="strategy.momentum"):
         FedAvgM(momentum=1.0)

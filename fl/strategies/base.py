@@ -23,7 +23,7 @@ import torch
 from fl.client import local_train
 from fl.data.federation import ClientShard
 from fl.flat import FlatModel
-from fl.types import ClientTask, ClientUpdate
+from fl.types import ClientTask, ClientUpdate, StrategyContext
 
 
 class Strategy:
@@ -31,8 +31,8 @@ class Strategy:
 
     is_weighted_mean: bool = True
 
-    def check(self, clients_per_round: int) -> None:
-        """Refuse, before any work, a cohort size this strategy cannot aggregate (ConfigError)."""
+    def check(self, ctx: StrategyContext) -> None:
+        """Refuse, before any work, a setting this strategy cannot work with (ConfigError)."""
 
     def client_update(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard,
                       task: ClientTask) -> ClientUpdate:

@@ -14,6 +14,7 @@ import torch
 
 from fl.errors import ConfigError
 from fl.strategies.fedavg import FedAvg
+from fl.types import StrategyContext
 
 
 def krum_scores(vectors: torch.Tensor, num_byzantine: int) -> torch.Tensor:
@@ -42,7 +43,8 @@ class Krum(FedAvg):
             raise ConfigError("strategy.m", m, "must be >= 1 (1 is Krum, more is Multi-Krum)")
         self.num_byzantine, self.m = int(num_byzantine), int(m)
 
-    def check(self, clients_per_round: int) -> None:
+    def check(self, ctx: StrategyContext) -> None:
+        clients_per_round = ctx.clients_per_round
         if clients_per_round <= 2 * self.num_byzantine + 2:
             raise ConfigError("strategy.num_byzantine", self.num_byzantine,
                               f"Krum needs fl.clients_per_round > 2 * num_byzantine + 2, got {clients_per_round}")

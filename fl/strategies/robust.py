@@ -14,6 +14,7 @@ import torch
 
 from fl.errors import ConfigError
 from fl.strategies.fedavg import FedAvg
+from fl.types import StrategyContext
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ class TrimmedMean(FedAvg):
             raise ConfigError("strategy.beta", beta, "must be in [0, 0.5): the fraction trimmed from each end")
         self.beta = float(beta)
 
-    def check(self, clients_per_round: int) -> None:
+    def check(self, ctx: StrategyContext) -> None:
+        clients_per_round = ctx.clients_per_round
         if self.beta > 0 and int(self.beta * clients_per_round) == 0:
             log.warning("strategy.beta=%g trims no client of %d per round: this is the plain mean",
                         self.beta, clients_per_round)
