@@ -96,6 +96,11 @@ def validate(cfg: DictConfig, world_size: int, rank: int = 0) -> None:
     _int(cfg, "train.batch_size", 1)
     _int(cfg, "train.eval_batch_size", 1)
 
+    _choice(cfg, "personalization.name", ("none", "finetune"))
+    if cfg.personalization.name == "finetune":
+        _int(cfg, "personalization.steps", 1)
+        if cfg.fl.holdout_fraction == 0:
+            log.warning("personalization=finetune has no effect: fl.holdout_fraction=0 leaves nothing to evaluate")
     _validate_optim(cfg)
     _validate_partition(cfg, num_clients)
     _validate_data(cfg, num_clients, world_size, rank)

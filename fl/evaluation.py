@@ -8,6 +8,8 @@ sample-weighted mean, the plain mean and the 10th percentile of client accuracie
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from fl.client import evaluate
@@ -26,16 +28,33 @@ def centralized(model: torch.nn.Module, test: TensorData, comm: Comm, batch_size
 
 def federated(
     model: torch.nn.Module, shards: dict[int, ClientShard], mine: list[int], rows_per_rank: int, comm: Comm,
-    batch_size: int, device: torch.device,
+    batch_size: int, device: torch.device, personalize: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """Collective. Client metrics on rank 0 (``{}`` on other ranks)."""
-    rows = torch.zeros(rows_per_rank, 3, dtype=torch.float64, device=device)
+    """Collective. Client metrics on rank 0 (``{}`` on other ranks).
+
+    ``model`` holds the global weights on entry. With ``personalize``, each client is also
+    evaluated after ``personalize(client_id)`` has loaded (and possibly fine-tuned) its own
+    model into ``model``; those metrics are reported with the ``personal_`` prefix.
+    """
+    width = 6 if personalize else 3
+    rows = torch.zeros(rows_per_rank, width, dtype=torch.float64, device=device)
+    global_state = [t.detach().clone() for t in model.state_dict().values()] if personalize else None
     for i, cid in enumerate(mine):
-        rows[i] = evaluate(model, shards[cid].data, shards[cid].holdout_idx, batch_size)
+        if global_state is not None:
+            for t, g in zip(model.state_dict().values(), global_state, strict=True):
+                t.copy_(g)
+        rows[i, :3] = evaluate(model, shards[cid].data, shards[cid].holdout_idx, batch_size)
+        if personalize is not None:
+            personalize(cid)
+            rows[i, 3:] = evaluate(model, shards[cid].data, shards[cid].holdout_idx, batch_size)
     gathered = comm.gather_rows(rows)
     if gathered is None:
         return {}
-    return client_summary(gathered[gathered[:, 2] > 0].cpu())
+    valid = gathered[gathered[:, 2] > 0].cpu()
+    out = client_summary(valid[:, :3])
+    if personalize is not None:
+        out.update({k.replace("client_", "personal_"): v for k, v in client_summary(valid[:, 3:]).items()})
+    return out
 
 
 def client_summary(rows: torch.Tensor) -> dict[str, float]:

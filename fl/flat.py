@@ -8,6 +8,8 @@ they are counters, not weights.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -28,8 +30,10 @@ class FlatModel:
         first = entries[0][2]
         self.flat = torch.cat([t.detach().reshape(-1) for _, _, t, _ in entries]).to(first.device, first.dtype)
         self.num_params = sum(t.numel() for _, _, t, is_p in entries if is_p)
+        self._owners: list[tuple[nn.Module, int, int]] = []  # (module, offset, numel) per entry
         offset = 0
         for owner, name, tensor, is_param in entries:
+            self._owners.append((owner, offset, tensor.numel()))
             view = self.flat[offset:offset + tensor.numel()].view_as(tensor)
             if is_param:
                 tensor.data = view
@@ -39,6 +43,14 @@ class FlatModel:
 
     def __len__(self) -> int:
         return int(self.flat.numel())
+
+    def mask(self, predicate: Callable[[nn.Module], bool]) -> torch.Tensor:
+        """Boolean ``[len(flat)]``: True on the entries of modules where ``predicate`` holds."""
+        out = torch.zeros(len(self.flat), dtype=torch.bool, device=self.flat.device)
+        for owner, offset, numel in self._owners:
+            if predicate(owner):
+                out[offset:offset + numel] = True
+        return out
 
     def param_views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """``flat`` (another flat vector of this layout) cut into views shaped like the parameters."""

@@ -22,6 +22,7 @@ import fl
 from fl import checkpoint, evaluation
 from fl.aggregation import choose_transport, make_aggregator
 from fl.build import Federation, build_federation, build_flat_model, build_optimizer_factory, build_strategy
+from fl.client import local_train
 from fl.client_store import ClientStore
 from fl.cohort import assign, client_epochs, sample_cohort
 from fl.comm import Comm
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 # Keys whose change would make a resumed run differ from the run that wrote the checkpoint.
 FINGERPRINT_KEYS = ("seed", "data", "partition", "model", "optim", "strategy", "train.batch_size",
                     "fl.num_clients", "fl.clients_per_round", "fl.local_epochs", "fl.local_epochs_max", "fl.local_steps",
-                    "fl.holdout_fraction")
+                    "fl.holdout_fraction", "personalization")
 
 
 _NOT_RESULT_AFFECTING = ("root", "download", "on_device")  # where data lives, not what it is
@@ -83,6 +84,7 @@ def run(cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, init_method:
         try:
             fed = build_federation(cfg, comm, device)
             fm = build_flat_model(cfg, fed.spec, device)
+            strategy.on_model(fm)
             _write_json(comm, run_dir / "partition.json", fed.summary)
             summary = Rounds(cfg, comm, fed, fm, strategy, transport, make_optimizer, run_dir).run()
         except BaseException as e:
@@ -178,8 +180,24 @@ class Rounds:
                              self.fed.per_site)
             out.update(evaluation.federated(self.fm.module, self.fed.shards, by_rank[comm.rank],
                                             max(len(r) for r in by_rank), comm, cfg.train.eval_batch_size,
-                                            self.device))
+                                            self.device, self._personalizer(rnd, global_flat)))
         return out
+
+    def _personalizer(self, rnd: int, global_flat: torch.Tensor):
+        """What federated evaluation calls to load client ``cid``'s own model, or ``None``."""
+        finetune = self.cfg.personalization.name == "finetune"
+        if not (finetune or self.strategy.personalizes):
+            return None
+
+        def personalize(cid: int) -> None:
+            self.strategy.personal_model(self.fm, global_flat, cid, rnd, self.store)
+            if finetune:
+                plan = LocalTraining(1, int(self.cfg.personalization.steps), self.plan.batch_size)
+                task = ClientTask(cid, rnd, self.cfg.seed, plan, self.make_optimizer, self.store)
+                local_train(self.fm, self.fm.flat.clone(), self.fed.shards[cid], task)
+            self.fm.module.eval()
+
+        return personalize
 
     def _checkpoint(self, round_num: int, global_flat: torch.Tensor) -> None:
         if self.comm.is_main:

@@ -11,17 +11,20 @@ from torch import nn
 
 from fl.errors import ConfigError
 
-MODELS = ("cnn", "cnn_mcmahan", "mlp", "logreg", "resnet18")
+MODELS = ("cnn", "cnn_bn", "cnn_mcmahan", "mlp", "logreg", "resnet18")
 
 
-def _conv_net(shape: tuple[int, int, int], c1: int, c2: int, hidden: int, num_classes: int) -> nn.Module:
+def _conv_net(shape: tuple[int, int, int], c1: int, c2: int, hidden: int, num_classes: int,
+              batch_norm: bool = False) -> nn.Module:
     channels, height, width = shape
     flat = c2 * (height // 4) * (width // 4)
-    return nn.Sequential(
-        nn.Conv2d(channels, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
-    )
+    layers: list[nn.Module] = []
+    for c_in, c_out in ((channels, c1), (c1, c2)):
+        layers.append(nn.Conv2d(c_in, c_out, 5, padding=2))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(c_out))
+        layers += [nn.ReLU(), nn.MaxPool2d(2)]
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
 
 def _resnet18(shape: tuple[int, int, int], num_classes: int) -> nn.Module:
@@ -41,6 +44,10 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) 
         if min(input_shape[1:]) < 4:
             raise ConfigError("model", name, f"needs inputs of at least 4x4, the data gives {input_shape}")
         return _conv_net(input_shape, 10, 20, 50, num_classes)
+    if name == "cnn_bn":  # `cnn` with BatchNorm after each convolution (for FedBN)
+        if min(input_shape[1:]) < 4:
+            raise ConfigError("model", name, f"needs inputs of at least 4x4, the data gives {input_shape}")
+        return _conv_net(input_shape, 10, 20, 50, num_classes, batch_norm=True)
     if name == "cnn_mcmahan":
         if min(input_shape[1:]) < 4:
             raise ConfigError("model", name, f"needs inputs of at least 4x4, the data gives {input_shape}")

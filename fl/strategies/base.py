@@ -30,9 +30,18 @@ class Strategy:
     """Base strategy: plain local training, weighted mean, no server state."""
 
     is_weighted_mean: bool = True
+    personalizes: bool = False  # clients evaluate their own models (see personal_model)
 
     def check(self, ctx: StrategyContext) -> None:
         """Refuse, before any work, a setting this strategy cannot work with (ConfigError)."""
+
+    def on_model(self, fm: FlatModel) -> None:
+        """Called once with the built model, before the first round (may raise ConfigError)."""
+
+    def personal_model(self, fm: FlatModel, global_flat: torch.Tensor, client_id: int, round_idx: int,
+                       store: object) -> None:
+        """Load the model client ``client_id`` uses after round ``round_idx`` into ``fm`` (default: global)."""
+        fm.load_(global_flat)
 
     def client_update(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard,
                       task: ClientTask) -> ClientUpdate:
