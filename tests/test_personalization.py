@@ -78,3 +78,36 @@ def test_finetune_reports_global_and_personalized_side_by_side(tmp_path):
         assert key in last
     # clients holding two labels each: a few local steps adapt the global model to them
     assert last["personal_accuracy_mean"] > last["client_accuracy_mean"] + 0.1
+
+
+def _ditto(tmp_path, name, lam):
+    cfg = make_cfg("partition=shards", "fl.num_clients=6", "fl.clients_per_round=4", "fl.rounds=4", "optim.lr=0.1",
+                   "fl.checkpoint_every=0", "fl.eval_every=4", "fl.holdout_fraction=0.3", *(
+                       ("strategy=ditto", f"strategy.lam={lam}") if lam is not None else ()))
+    summary = fork_ranks(2, run_job, tmp_path, cfg, tmp_path / name)[0]
+    return torch.load(tmp_path / name / "final_model.pt", weights_only=True), summary
+
+
+def test_ditto_global_is_fedavg_and_lambda_pulls_personal_models_toward_it(tmp_path):
+    fedavg, _ = _ditto(tmp_path, "fedavg", None)
+    loose, loose_summary = _ditto(tmp_path, "loose", 0.01)
+    tight, _ = _ditto(tmp_path, "tight", 5.0)
+    for k in fedavg:
+        assert torch.equal(loose[k], fedavg[k]) and torch.equal(tight[k], fedavg[k]), "Ditto's global model is FedAvg's"
+    fm = _fm_cnn()
+    fm.module.load_state_dict(fedavg)
+    global_flat = fm.flat.clone()
+
+    def spread(name):
+        store = ClientStore(tmp_path / name / "client_state", 0, 1)
+        personal = [store.load(c, 4, torch.device("cpu")) for c in range(6)]
+        return [float((p["v"] - global_flat).norm()) for p in personal if p is not None]
+
+    assert len(spread("loose")) >= 4
+    assert max(spread("tight")) < min(spread("loose")), "a larger lambda keeps personal models closer to global"
+    assert loose_summary["final"]["personal_accuracy_mean"] > loose_summary["final"]["client_accuracy_mean"]
+
+
+def _fm_cnn():
+    torch.manual_seed(0)
+    return FlatModel(build_model("cnn", (1, 8, 8), 10))
