@@ -43,8 +43,7 @@ class ClientStore:
         older = [v for v in self._versions(cid) if v < before_round]
         if not older:
             return None
-        state = torch.load(self._path(cid, older[-1]), map_location=device, weights_only=True)
-        return state
+        return torch.load(self._path(cid, older[-1]), map_location=device, weights_only=True)
 
     def save(self, cid: int, round_idx: int, state: dict) -> None:
         """Write the client's state produced in ``round_idx`` atomically; prune old versions."""

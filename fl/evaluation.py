@@ -32,19 +32,15 @@ def federated(
 ) -> dict[str, float]:
     """Collective. Client metrics on rank 0 (``{}`` on other ranks).
 
-    ``model`` holds the global weights on entry. With ``personalize``, each client is also
-    evaluated after ``personalize(client_id)`` has loaded (and possibly fine-tuned) its own
-    model into ``model``; those metrics are reported with the ``personal_`` prefix.
+    ``model`` holds the global weights on entry. With ``personalize``, each client is then
+    evaluated again after ``personalize(client_id)`` has loaded (and possibly fine-tuned) its
+    own model into ``model``; those metrics are reported with the ``personal_`` prefix.
     """
-    width = 6 if personalize else 3
-    rows = torch.zeros(rows_per_rank, width, dtype=torch.float64, device=device)
-    global_state = [t.detach().clone() for t in model.state_dict().values()] if personalize else None
-    for i, cid in enumerate(mine):
-        if global_state is not None:
-            for t, g in zip(model.state_dict().values(), global_state, strict=True):
-                t.copy_(g)
+    rows = torch.zeros(rows_per_rank, 6 if personalize else 3, dtype=torch.float64, device=device)
+    for i, cid in enumerate(mine):  # every client on the global model first: no reload needed
         rows[i, :3] = evaluate(model, shards[cid].data, shards[cid].holdout_idx, batch_size)
-        if personalize is not None:
+    if personalize is not None:
+        for i, cid in enumerate(mine):
             personalize(cid)
             rows[i, 3:] = evaluate(model, shards[cid].data, shards[cid].holdout_idx, batch_size)
     gathered = comm.gather_rows(rows)

@@ -1,6 +1,6 @@
 """The round loop: sample, train locally, aggregate, evaluate, checkpoint.
 
-:func:`run` is the whole job for one rank, given a validated-or-not composed config and
+:func:`run` is the whole job for one rank, given a composed config (validated here) and
 the run directory. Every rank calls it; collectives happen in the same order on all.
 """
 
