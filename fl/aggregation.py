@@ -11,9 +11,17 @@ Two transports, one collective step each, on one flat buffer:
   (plus the round's metrics) in one buffer; every rank then applies ``server_update``.
 
 Both give the same model for weighted-mean strategies, up to float summation order.
+
+Whatever the transport, an update with a NaN or Inf entry never reaches the global model:
+on the sum path the hosting rank drops it before adding it in (no one else ever sees it);
+on the gather path rank 0 drops the row. Rejected, dropped-out and late (straggler) clients
+are counted in the round's result. A round in which fewer than ``min_clients`` updates
+arrive leaves the global model and the server state unchanged.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 
@@ -22,8 +30,13 @@ from fl.errors import ConfigError
 from fl.strategies.base import Strategy
 from fl.types import ClientUpdate, RoundResult
 
+log = logging.getLogger(__name__)
+
 TRANSPORTS = ("auto", "allreduce", "gather")
-_EXTRA = 4  # weight, loss_sum, num_seen, clients (sum path) / valid flag (gather rows)
+
+# The per-round tail appended to every buffer (sum path) or row (gather path).
+WEIGHT, LOSS_SUM, SEEN, CLIENTS, REJECTED, DROPPED, LATE = range(7)
+_EXTRA = 7
 
 
 def choose_transport(requested: str, strategy: Strategy) -> str:
@@ -38,71 +51,100 @@ def choose_transport(requested: str, strategy: Strategy) -> str:
     return requested
 
 
+def is_finite(update_vector: torch.Tensor) -> bool:
+    return bool(torch.isfinite(update_vector).all())
+
+
 class Aggregator:
     """Collects this rank's updates for one round, then runs the transport's collective."""
 
-    def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device) -> None:
+    def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, min_clients: int = 1) -> None:
         """``dim``: the flat model's length; client vectors have ``strategy.vector_dim(dim)``."""
         self.strategy, self.comm, self.dim, self.device = strategy, comm, dim, device
         self.vdim = strategy.vector_dim(dim)
+        self.min_clients = max(1, min_clients)
 
     def add(self, update: ClientUpdate) -> None:
+        raise NotImplementedError
+
+    def drop(self, client_id: int, late: bool = False) -> None:
+        """Client ``client_id`` was sampled but sends nothing (it failed, or missed the deadline)."""
         raise NotImplementedError
 
     def finish(self, global_flat: torch.Tensor, round_idx: int) -> RoundResult:
         """Collective: all ranks call it once per round, even with no clients of their own."""
         raise NotImplementedError
 
-    def _result(self, round_idx: int, new_global: torch.Tensor, tail: torch.Tensor, nbytes: int) -> RoundResult:
-        weight, loss_sum, seen, clients = tail.tolist()
-        return RoundResult(round_idx, new_global, int(round(clients)), int(round(weight)),
-                           loss_sum / seen if seen else float("nan"), nbytes)
+    def _tail(self, update: ClientUpdate) -> torch.Tensor:
+        t = torch.zeros(_EXTRA, device=self.device)
+        t[WEIGHT] = self.strategy.client_weight(update)
+        t[LOSS_SUM] = update.loss_sum.float()
+        t[SEEN] = float(update.num_seen)
+        t[CLIENTS] = 1.0
+        return t
+
+    def _result(self, round_idx: int, global_flat: torch.Tensor, total: torch.Tensor, nbytes: int) -> RoundResult:
+        """Apply the server step to ``total`` = [aggregate, tail] unless too few clients arrived."""
+        tail = total[-_EXTRA:].tolist()
+        clients = int(round(tail[CLIENTS]))
+        skipped = clients < self.min_clients
+        new_global = global_flat if skipped else self.strategy.server_update(global_flat, total[:-_EXTRA])
+        return RoundResult(round_idx, new_global, clients, int(round(tail[WEIGHT])),
+                           tail[LOSS_SUM] / tail[SEEN] if tail[SEEN] else float("nan"), nbytes,
+                           rejected=int(round(tail[REJECTED])), dropped=int(round(tail[DROPPED])),
+                           late=int(round(tail[LATE])), skipped=skipped)
 
 
 class SumAggregator(Aggregator):
     """The all-reduce transport (see module docstring)."""
 
-    def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device) -> None:
-        super().__init__(strategy, comm, dim, device)
+    def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, min_clients: int = 1) -> None:
+        super().__init__(strategy, comm, dim, device, min_clients)
         self.buf = torch.zeros(self.vdim + _EXTRA, device=device)
 
     def add(self, update: ClientUpdate) -> None:
-        w = self.strategy.client_weight(update)
-        self.buf[:self.vdim].add_(self.strategy.client_vector(update), alpha=w)
-        self.buf[self.vdim:] += torch.stack([
-            torch.tensor(w, device=self.device), update.loss_sum.float(),
-            torch.tensor(float(update.num_seen), device=self.device), torch.ones((), device=self.device),
-        ])
+        v = self.strategy.client_vector(update)
+        if not is_finite(v):
+            log.warning("client %d sent a non-finite update: rejected", update.client_id)
+            self.buf[self.vdim + REJECTED] += 1
+            return
+        tail = self._tail(update)
+        self.buf[:self.vdim].add_(v, alpha=float(tail[WEIGHT]))
+        self.buf[self.vdim:] += tail
+
+    def drop(self, client_id: int, late: bool = False) -> None:
+        self.buf[self.vdim + (LATE if late else DROPPED)] += 1
 
     def finish(self, global_flat: torch.Tensor, round_idx: int) -> RoundResult:
         total = self.comm.all_reduce_sum(self.buf)
         nbytes = total.numel() * total.element_size() * self.comm.world_size
-        tail = total[self.vdim:]
-        if tail[0] <= 0:  # no client trained (cannot happen with validated configs)
-            return self._result(round_idx, global_flat, tail, nbytes)
-        new_global = self.strategy.server_update(global_flat, total[:self.vdim] / tail[0])
-        return self._result(round_idx, new_global, tail, nbytes)
+        weight = total[self.vdim + WEIGHT]
+        if weight > 0:
+            total[:self.vdim] /= weight
+        return self._result(round_idx, global_flat, total, nbytes)
 
 
 class GatherAggregator(Aggregator):
     """The gather-to-rank-0 transport (see module docstring).
 
     ``rows_per_rank`` must be the same on every rank: the largest number of clients any
-    rank hosts this round. Unused rows stay zero, with a zero ``valid`` flag.
+    rank hosts this round. Unused rows stay zero (``CLIENTS`` = 0).
     """
 
-    def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, rows_per_rank: int) -> None:
-        super().__init__(strategy, comm, dim, device)
+    def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, rows_per_rank: int,
+                 min_clients: int = 1) -> None:
+        super().__init__(strategy, comm, dim, device, min_clients)
         self.rows = torch.zeros(rows_per_rank, self.vdim + _EXTRA, device=device)
         self.used = 0
 
     def add(self, update: ClientUpdate) -> None:
         row = self.rows[self.used]
         row[:self.vdim] = self.strategy.client_vector(update)
-        row[self.vdim:] = torch.stack([
-            torch.tensor(self.strategy.client_weight(update), device=self.device), update.loss_sum.float(),
-            torch.tensor(float(update.num_seen), device=self.device), torch.ones((), device=self.device),
-        ])
+        row[self.vdim:] = self._tail(update)
+        self.used += 1
+
+    def drop(self, client_id: int, late: bool = False) -> None:
+        self.rows[self.used, self.vdim + (LATE if late else DROPPED)] = 1
         self.used += 1
 
     def finish(self, global_flat: torch.Tensor, round_idx: int) -> RoundResult:
@@ -111,21 +153,30 @@ class GatherAggregator(Aggregator):
         # so server state (optimizer moments, control variates) stays identical on all ranks.
         out = torch.zeros(self.vdim + _EXTRA, device=self.device)
         if gathered is not None:  # rank 0
-            valid = gathered[gathered[:, -1] > 0]
-            out[self.vdim:] = valid[:, self.vdim:].sum(0)
-            if len(valid):
-                out[:self.vdim] = self.strategy.aggregate(valid[:, :self.vdim], valid[:, self.vdim])
+            out[self.vdim:] = self._aggregate_rows(gathered, out[:self.vdim])
         self.comm.broadcast(out)
         nbytes = self.rows.numel() * self.rows.element_size() * self.comm.world_size
         nbytes += out.numel() * out.element_size() * (self.comm.world_size - 1)
-        tail = out[self.vdim:]
-        new_global = self.strategy.server_update(global_flat, out[:self.vdim]) if tail[-1] > 0 else global_flat
-        return self._result(round_idx, new_global, tail, nbytes)
+        return self._result(round_idx, global_flat, out, nbytes)
+
+    def _aggregate_rows(self, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Fill ``out`` with the strategy's aggregate of the good rows; return the summed tail."""
+        present = rows[:, self.vdim + CLIENTS] > 0
+        finite = torch.isfinite(rows).all(dim=1)
+        good = rows[present & finite]
+        tail = good[:, self.vdim:].sum(0)
+        tail[REJECTED] = int((present & ~finite).sum())
+        tail[DROPPED] = rows[:, self.vdim + DROPPED].sum()
+        tail[LATE] = rows[:, self.vdim + LATE].sum()
+        if tail[REJECTED]:
+            log.warning("%d non-finite client update(s) rejected", int(tail[REJECTED]))
+        if len(good) >= self.min_clients:
+            out.copy_(self.strategy.aggregate(good[:, :self.vdim], good[:, self.vdim + WEIGHT]))
+        return tail
 
 
-def make_aggregator(
-    transport: str, strategy: Strategy, comm: Comm, dim: int, device: torch.device, rows_per_rank: int
-) -> Aggregator:
+def make_aggregator(transport: str, strategy: Strategy, comm: Comm, dim: int, device: torch.device,
+                    rows_per_rank: int, min_clients: int = 1) -> Aggregator:
     if transport == "allreduce":
-        return SumAggregator(strategy, comm, dim, device)
-    return GatherAggregator(strategy, comm, dim, device, rows_per_rank)
+        return SumAggregator(strategy, comm, dim, device, min_clients)
+    return GatherAggregator(strategy, comm, dim, device, rows_per_rank, min_clients)

@@ -15,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fl.attacks import Attack, malicious_clients
 from fl.cohort import home_rank
 from fl.comm import Comm
 from fl.data import datasets, folder
@@ -105,6 +106,13 @@ def build_optimizer_factory(cfg: DictConfig) -> OptimizerFactory:
     except (TypeError, ValueError) as e:
         raise ConfigError("optim", OmegaConf.to_container(cfg.optim), str(e)) from None
     return factory
+
+
+def build_attack(cfg: DictConfig, num_classes: int) -> Attack:
+    a = cfg.attack
+    fraction = float(a.get("fraction", 0.0)) if a.name != "none" else 0.0
+    return Attack(str(a.name), malicious_clients(int(cfg.seed), int(cfg.fl.num_clients), fraction), int(cfg.seed),
+                  float(a.get("factor", 1.0)), float(a.get("std", 1.0)), num_classes)
 
 
 def build_strategy(cfg: DictConfig) -> tuple[Strategy, str]:

@@ -55,3 +55,24 @@ def client_epochs(seed: int, round_idx: int, client_id: int, low: int, high: int
     if high is None or high == low:
         return low
     return int(torch.randint(low, high + 1, (1,), generator=generator(seed, "epochs", round_idx, client_id)))
+
+
+def drops_out(seed: int, round_idx: int, client_id: int, rate: float) -> bool:
+    """Whether the client fails in this round (probability ``rate``, its own stream)."""
+    if rate <= 0:
+        return False
+    return float(torch.rand((), generator=generator(seed, "dropout", round_idx, client_id))) < rate
+
+
+def slowdown(seed: int, client_id: int, max_slowdown: float) -> float:
+    """How many times slower than the fastest client this client is: fixed for the run,
+    log-uniform in ``[1, max_slowdown]``."""
+    if max_slowdown <= 1:
+        return 1.0
+    u = float(torch.rand((), generator=generator(seed, "speed", client_id)))
+    return float(max_slowdown) ** u
+
+
+def local_steps(num_train: int, epochs: int, steps: int | None, batch_size: int) -> int:
+    """The number of mini-batch steps local training takes."""
+    return steps if steps is not None else epochs * -(-num_train // batch_size)

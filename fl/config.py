@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from fl.aggregation import TRANSPORTS
+from fl.attacks import ATTACKS
 from fl.data import folder
 from fl.data.datasets import DATASETS, check_available
 from fl.data.partition import PARTITIONERS
@@ -101,9 +102,53 @@ def validate(cfg: DictConfig, world_size: int, rank: int = 0) -> None:
         _int(cfg, "personalization.steps", 1)
         if cfg.fl.holdout_fraction == 0:
             log.warning("personalization=finetune has no effect: fl.holdout_fraction=0 leaves nothing to evaluate")
+    _validate_participation(cfg)
+    _validate_attack(cfg, num_clients)
     _validate_optim(cfg)
     _validate_partition(cfg, num_clients)
     _validate_data(cfg, num_clients, world_size, rank)
+
+
+def _number(cfg: DictConfig, key: str, low: float, high: float | None = None, low_open: bool = False,
+            allowed: str | None = None) -> float:
+    value = cfg_get(cfg, key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value > low if low_open else value >= low) and (high is None or value < high)
+    if not ok:
+        bounds = f"{'(' if low_open else '['}{low}, {'inf' if high is None else high})"
+        raise ConfigError(key, value, allowed or f"must be a number in {bounds}")
+    return float(value)
+
+
+def _validate_participation(cfg: DictConfig) -> None:
+    _number(cfg, "fl.dropout_rate", 0, 1)
+    _number(cfg, "fl.client_slowdown_max", 1)
+    if cfg.fl.round_deadline is not None:
+        _number(cfg, "fl.round_deadline", 0, low_open=True,
+                allowed="must be null or a number > 0 (local steps of the fastest client)")
+        if cfg.fl.client_slowdown_max == 1:
+            log.info("fl.round_deadline=%s with fl.client_slowdown_max=1: every client runs at full speed",
+                     cfg.fl.round_deadline)
+    elif cfg.fl.client_slowdown_max > 1:
+        log.warning("fl.client_slowdown_max=%s has no effect without fl.round_deadline", cfg.fl.client_slowdown_max)
+    _int(cfg, "fl.min_clients_per_round", 1, int(cfg.fl.clients_per_round))
+
+
+def _validate_attack(cfg: DictConfig, num_clients: int) -> None:
+    _choice(cfg, "attack.name", ATTACKS)
+    a = cfg.attack
+    if a.name == "none":
+        if a.get("fraction", 0):
+            log.warning("attack.fraction=%s has no effect with attack=none", a.fraction)
+        return
+    fraction = _number(cfg, "attack.fraction", 0, 1)
+    if "factor" in a:
+        _number(cfg, "attack.factor", 0, low_open=True)
+    if "std" in a:
+        _number(cfg, "attack.std", 0, low_open=True)
+    if round(fraction * num_clients) == 0:
+        log.warning("attack=%s with attack.fraction=%s makes no client of %d malicious", a.name, fraction,
+                    num_clients)
 
 
 def _validate_optim(cfg: DictConfig) -> None:

@@ -21,10 +21,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import fl
 from fl import checkpoint, evaluation
 from fl.aggregation import choose_transport, make_aggregator
-from fl.build import Federation, build_federation, build_flat_model, build_optimizer_factory, build_strategy
+from fl.build import Federation, build_attack, build_federation, build_flat_model, build_optimizer_factory, build_strategy
 from fl.client import local_train
 from fl.client_store import ClientStore
-from fl.cohort import assign, client_epochs, sample_cohort
+from fl.cohort import assign, client_epochs, drops_out, local_steps, sample_cohort, slowdown
 from fl.comm import Comm
 from fl.config import validate
 from fl.errors import ConfigError
@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 # Keys whose change would make a resumed run differ from the run that wrote the checkpoint.
 FINGERPRINT_KEYS = ("seed", "data", "partition", "model", "optim", "strategy", "train.batch_size",
                     "fl.num_clients", "fl.clients_per_round", "fl.local_epochs", "fl.local_epochs_max", "fl.local_steps",
-                    "fl.holdout_fraction", "personalization")
+                    "fl.holdout_fraction", "personalization", "attack", "fl.dropout_rate",
+                    "fl.client_slowdown_max", "fl.round_deadline", "fl.min_clients_per_round")
 
 
 _NOT_RESULT_AFFECTING = ("root", "download", "on_device")  # where data lives, not what it is
@@ -106,6 +107,7 @@ class Rounds:
         self.run_dir, self.ckpt_dir = run_dir, run_dir / "checkpoints"
         self.device = fm.flat.device
         self.plan = LocalTraining(int(cfg.fl.local_epochs), cfg.fl.local_steps, int(cfg.train.batch_size))
+        self.attack = build_attack(cfg, fed.spec.num_classes)
         self.store = ClientStore(run_dir / "client_state", int(cfg.fl.checkpoint_every), int(cfg.fl.keep_checkpoints))
 
     def run(self) -> dict:
@@ -124,7 +126,12 @@ class Rounds:
                     result = self._train_round(rnd, global_flat)
                     global_flat = result.new_global
                     metrics = {"train_loss": result.train_loss, "clients": result.num_clients,
-                               "comm_bytes": result.comm_bytes}
+                               "dropped": result.dropped, "late": result.late, "rejected": result.rejected,
+                               "skipped": int(result.skipped), "comm_bytes": result.comm_bytes}
+                    if result.skipped:
+                        log.warning("round %d skipped: %d update(s) arrived, fl.min_clients_per_round=%d; "
+                                    "the global model is unchanged", rnd + 1, result.num_clients,
+                                    cfg.fl.min_clients_per_round)
                     evaluated = (rnd + 1) % cfg.fl.eval_every == 0 or rnd + 1 == rounds
                     t_eval, cpu_eval = time.perf_counter(), time.process_time()
                     if evaluated:
@@ -140,9 +147,7 @@ class Rounds:
                     last.update(metrics)
                     bar.set_postfix({k: f"{last[k]:.4f}" for k in ("train_loss", "test_accuracy") if k in last})
                     bar.update()
-                    if evaluated:
-                        log.info("round %d/%d: %s", rnd + 1, rounds,
-                                 " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+                    log.info("%s", round_line(rnd + 1, rounds, metrics))
         finally:
             bar.close()
             sink.close()
@@ -159,14 +164,30 @@ class Rounds:
         cohort = sample_cohort(cfg.seed, rnd, cfg.fl.num_clients, cfg.fl.clients_per_round)
         by_rank = assign(cohort, comm.world_size, self.fed.per_site)
         agg = make_aggregator(self.transport, self.strategy, comm, len(self.fm), self.device,
-                              max(len(r) for r in by_rank))
+                              max(len(r) for r in by_rank), int(cfg.fl.min_clients_per_round))
         for cid in by_rank[comm.rank]:
             epochs = client_epochs(cfg.seed, rnd, cid, self.plan.epochs, cfg.fl.local_epochs_max)
             plan = self.plan if epochs == self.plan.epochs else LocalTraining(epochs, self.plan.steps,
                                                                                self.plan.batch_size)
+            shard = self.fed.shards[cid]
+            if drops_out(cfg.seed, rnd, cid, float(cfg.fl.dropout_rate)):
+                agg.drop(cid)
+                continue
+            if self._late(cid, shard.num_train, plan):
+                agg.drop(cid, late=True)
+                continue
             task = ClientTask(cid, rnd, cfg.seed, plan, self.make_optimizer, self.store)
-            agg.add(self.strategy.client_update(self.fm, global_flat, self.fed.shards[cid], task))
+            update = self.strategy.client_update(self.fm, global_flat, self.attack.training_shard(cid, shard), task)
+            agg.add(self.attack.poison(update, rnd))
         return agg.finish(global_flat, rnd)
+
+    def _late(self, cid: int, num_train: int, plan: LocalTraining) -> bool:
+        """Whether a straggler cannot finish its local work before the round deadline."""
+        deadline = self.cfg.fl.round_deadline
+        if deadline is None:
+            return False
+        steps = local_steps(num_train, plan.epochs, plan.steps, plan.batch_size)
+        return steps * slowdown(self.cfg.seed, cid, float(self.cfg.fl.client_slowdown_max)) > float(deadline)
 
     def _evaluate(self, rnd: int, global_flat: torch.Tensor) -> dict[str, float]:
         cfg, comm = self.cfg, self.comm
@@ -229,6 +250,16 @@ class Rounds:
                 global_flat.copy_(state["global"])
         self.comm.broadcast(global_flat)  # also makes the initial weights identical everywhere
         return start, global_flat
+
+
+def round_line(round_num: int, rounds: int, m: dict[str, float]) -> str:
+    """The one log line per round: clients, loss, accuracy, seconds, bytes."""
+    parts = [f"round {round_num}/{rounds}", f"clients={m['clients']}"]
+    parts += [f"{k}={m[k]}" for k in ("dropped", "late", "rejected") if m.get(k)]
+    parts.append(f"train_loss={m['train_loss']:.4f}")
+    parts += [f"{k}={m[k]:.4f}" for k in ("test_accuracy", "client_accuracy_mean", "personal_accuracy_mean") if k in m]
+    parts += [f"s={m['round_s']:.2f}", f"MB={m['comm_bytes'] / 1e6:.2f}"]
+    return " ".join(parts) + (" SKIPPED" if m.get("skipped") else "")
 
 
 def _run_info(cfg: DictConfig, comm: Comm, backend: str, device: torch.device, transport: str) -> dict:

@@ -25,6 +25,10 @@ TAGS = {
     "comm_bytes": "comm/bytes",
     "round_s": "time/round_s",
     "clients": "round/clients",
+    "dropped": "round/dropped",
+    "late": "round/late",
+    "rejected": "round/rejected",
+    "skipped": "round/skipped",
 }
 
 

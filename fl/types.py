@@ -63,7 +63,12 @@ class StrategyContext:
 
 @dataclass(frozen=True)
 class RoundResult:
-    """The outcome of aggregation, identical on every rank."""
+    """The outcome of aggregation, identical on every rank.
+
+    ``num_clients`` counts the updates aggregated; ``rejected`` the non-finite ones refused,
+    ``dropped`` the sampled clients that failed, ``late`` those that missed the round
+    deadline. ``skipped``: too few updates arrived, so the global model is unchanged.
+    """
 
     round: int
     new_global: torch.Tensor
@@ -71,3 +76,7 @@ class RoundResult:
     num_samples: int
     train_loss: float
     comm_bytes: int
+    rejected: int = 0
+    dropped: int = 0
+    late: int = 0
+    skipped: bool = False
