@@ -151,9 +151,10 @@ class GatherAggregator(Aggregator):
         gathered = self.comm.gather_rows(self.rows)
         # Rank 0 aggregates; the *aggregate* is broadcast and every rank applies server_update,
         # so server state (optimizer moments, control variates) stays identical on all ranks.
-        out = torch.zeros(self.vdim + _EXTRA, device=self.device)
+        adim = self.strategy.aggregate_dim(self.dim)
+        out = torch.zeros(adim + _EXTRA, device=self.device)
         if gathered is not None:  # rank 0
-            out[self.vdim:] = self._aggregate_rows(gathered, out[:self.vdim])
+            out[adim:] = self._aggregate_rows(gathered, out[:adim])
         self.comm.broadcast(out)
         nbytes = self.rows.numel() * self.rows.element_size() * self.comm.world_size
         nbytes += out.numel() * out.element_size() * (self.comm.world_size - 1)

@@ -20,7 +20,8 @@ from fl.cohort import home_rank
 from fl.comm import Comm
 from fl.data import datasets, folder
 from fl.data.datasets import DatasetSpec, TensorData
-from fl.data.federation import ClientShard, partition_indices, simulated_clients, site_client, summary
+from fl.data.federation import (ClientShard, partition_indices, simulated_clients, site_client, summary,
+                                with_label_groups)
 from fl.errors import ConfigError
 from fl.flat import FlatModel
 from fl.models import build_model
@@ -65,8 +66,10 @@ def build_federation(cfg: DictConfig, comm: Comm, device: torch.device) -> Feder
         train, test, spec = datasets.load_torchvision(d.name, str(d.root))
     parts = partition_indices(train.y, cfg.fl.num_clients, OmegaConf.to_container(cfg.partition), cfg.seed)
     train, test = train.to(target), test.to(target)
-    shards = dict(enumerate(simulated_clients(train, parts, cfg.fl.holdout_fraction, cfg.seed)))
-    return Federation(spec, shards, test, False, summary(shards, spec.num_classes))
+    groups = int(cfg.partition.get("label_groups", 1))
+    shards = simulated_clients(train, parts, cfg.fl.holdout_fraction, cfg.seed)
+    shards = dict(enumerate(with_label_groups(shards, groups, spec.num_classes)))
+    return Federation(spec, shards, test, False, summary(shards, spec.num_classes, groups))
 
 
 def _build_sites(cfg: DictConfig, comm: Comm, device: torch.device) -> Federation:

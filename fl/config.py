@@ -164,9 +164,12 @@ def _validate_optim(cfg: DictConfig) -> None:
 def _validate_partition(cfg: DictConfig, num_clients: int) -> None:
     _choice(cfg, "partition.name", PARTITIONERS)
     name = cfg.partition.name
+    _int(cfg, "partition.label_groups", 1, num_clients)
     if cfg.data.name == "folder":
         if name != "iid":
             log.warning("partition=%s has no effect with data=folder: each site keeps its own data", name)
+        if cfg.partition.label_groups > 1:
+            log.warning("partition.label_groups=%d has no effect with data=folder", cfg.partition.label_groups)
         return
     if name == "dirichlet" and not (isinstance(cfg.partition.alpha, (int, float)) and cfg.partition.alpha > 0):
         raise ConfigError("partition.alpha", cfg.partition.alpha, "must be a number > 0")

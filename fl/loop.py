@@ -73,7 +73,8 @@ def run(cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, init_method:
     strategy, requested = build_strategy(cfg)
     transport = choose_transport(requested, strategy)
     make_optimizer = build_optimizer_factory(cfg)
-    strategy.check(StrategyContext(int(cfg.fl.num_clients), int(cfg.fl.clients_per_round), make_optimizer))
+    strategy.check(StrategyContext(int(cfg.fl.num_clients), int(cfg.fl.clients_per_round), make_optimizer,
+                                   int(cfg.seed)))
     with process_group(env, device, backend, float(cfg.runtime.timeout_s), init_method):
         comm = Comm(env.rank, env.world_size, device)
         run_dir = agree_run_dir(comm, run_dir)
@@ -154,6 +155,7 @@ class Rounds:
         if comm.is_main:
             self.fm.load_(global_flat)
             torch.save(self.fm.state_dict(), self.run_dir / "final_model.pt")
+            self.strategy.save_outputs(self.fm, self.run_dir)
         done = rounds - start
         return {"rounds": rounds, "resumed_from_round": start, "rounds_run": done,
                 "train_s": train_s, "train_cpu_s": train_cpu_s, "eval_s": eval_s, "round_s_mean": train_s / done if done else None,
@@ -211,7 +213,7 @@ class Rounds:
             return None
 
         def personalize(cid: int) -> None:
-            self.strategy.personal_model(self.fm, global_flat, cid, rnd, self.store)
+            self.strategy.personal_model(self.fm, global_flat, cid, rnd, self.store, self.fed.shards[cid])
             if finetune:
                 plan = LocalTraining(1, int(self.cfg.personalization.steps), self.plan.batch_size)
                 task = ClientTask(cid, rnd, self.cfg.seed, plan, self.make_optimizer, self.store)

@@ -59,6 +59,7 @@ class StrategyContext:
     num_clients: int
     clients_per_round: int
     make_optimizer: OptimizerFactory
+    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def test_fedbn_keeps_bn_local_and_shares_everything_else(tmp_path):
     store = ClientStore(tmp_path / "run" / "client_state", 0, 1)
     personal = []
     for cid in range(4):
-        strategy.personal_model(fm, global_flat, cid, 2, store)
+        strategy.personal_model(fm, global_flat, cid, 2, store, None)
         personal.append(fm.flat.clone())
     for p in personal:
         assert torch.equal(p[~bn], global_flat[~bn]), "non-BN weights are identical for every client"

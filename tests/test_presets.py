@@ -25,6 +25,7 @@ def test_mcmahan_presets_match_the_paper():
     ("partition", ["iid", "dirichlet", "shards"]),
     ("optim", ["sgd", "adam"]),
     ("data", ["digits", "synthetic"]),
+    ("attack", ["none", "sign_flip", "scale", "gaussian", "label_flip", "nan_update"]),
 ])
 def test_group_options_validate(group, options):
     for option in options:
@@ -43,5 +44,5 @@ def test_every_strategy_builds_and_picks_its_transport(name):
 
     strategy, requested = build_strategy(cfg)
     strategy.check(StrategyContext(cfg.fl.num_clients, cfg.fl.clients_per_round, build_optimizer_factory(cfg)))
-    expected = "gather" if name in ("median", "trimmed_mean", "krum", "multi_krum") else "allreduce"
+    expected = "gather" if name in ("median", "trimmed_mean", "krum", "multi_krum", "clustered") else "allreduce"
     assert choose_transport(requested, strategy) == expected

@@ -58,6 +58,25 @@ def simulated_clients(
     return shards
 
 
+def rotate_labels(y: torch.Tensor, group: int, num_groups: int, num_classes: int) -> torch.Tensor:
+    """Group ``group``'s labelling: ``(y + group * (num_classes // num_groups)) mod num_classes``.
+
+    Group 0 keeps the true labels; every other group sees every class under another name,
+    so groups disagree on every input (a concept shift that no single model can fit).
+    """
+    return (y + group * (num_classes // num_groups)) % num_classes
+
+
+def with_label_groups(shards: list[ClientShard], num_groups: int, num_classes: int) -> list[ClientShard]:
+    """Client ``c`` joins group ``c % num_groups``; each group trains and evaluates on its own labelling."""
+    if num_groups == 1:
+        return shards
+    base = shards[0].data
+    data = [base] + [TensorData(base.x, rotate_labels(base.y, g, num_groups, num_classes))
+                     for g in range(1, num_groups)]
+    return [ClientShard(data[c % num_groups], s.train_idx, s.holdout_idx) for c, s in enumerate(shards)]
+
+
 def site_client(data: TensorData, holdout_fraction: float, seed: int, cid: int) -> ClientShard:
     """A shard over a site's own data (``data=folder``): all of it, split into train/held-out."""
     idx = torch.arange(len(data))
@@ -65,13 +84,15 @@ def site_client(data: TensorData, holdout_fraction: float, seed: int, cid: int) 
     return ClientShard(data, tr.to(data.y.device), ho.to(data.y.device))
 
 
-def summary(shards: dict[int, ClientShard], num_classes: int) -> dict:
+def summary(shards: dict[int, ClientShard], num_classes: int, num_groups: int = 1) -> dict:
     """Per-client sample counts and training-label histograms (for ``partition.json``)."""
     clients = {}
     for cid in sorted(shards):
         s = shards[cid]
         hist = torch.bincount(s.data.y[s.train_idx].cpu(), minlength=num_classes)
         clients[str(cid)] = {"num_train": s.num_train, "num_holdout": s.num_holdout, "label_counts": hist.tolist()}
+        if num_groups > 1:
+            clients[str(cid)]["label_group"] = cid % num_groups
     sizes = torch.tensor([c["num_train"] for c in clients.values()], dtype=torch.float64)
     return {
         "num_clients": len(clients),

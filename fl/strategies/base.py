@@ -18,6 +18,8 @@ and the engine gathers.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from fl.client import local_train
@@ -39,7 +41,7 @@ class Strategy:
         """Called once with the built model, before the first round (may raise ConfigError)."""
 
     def personal_model(self, fm: FlatModel, global_flat: torch.Tensor, client_id: int, round_idx: int,
-                       store: object) -> None:
+                       store: object, shard: ClientShard) -> None:
         """Load the model client ``client_id`` uses after round ``round_idx`` into ``fm`` (default: global)."""
         fm.load_(global_flat)
 
@@ -53,6 +55,11 @@ class Strategy:
         also aggregate per-client scalars, e.g. FedNova's step counts)."""
         return model_dim
 
+    def aggregate_dim(self, model_dim: int) -> int:
+        """Length of :meth:`aggregate`'s result (default: that of a client vector). Only gather-path
+        strategies may differ (e.g. clustered FL returns one mean per cluster)."""
+        return self.vector_dim(model_dim)
+
     def client_vector(self, update: ClientUpdate) -> torch.Tensor:
         """The flat vector a client contributes (default: its model delta)."""
         return update.delta
@@ -62,12 +69,16 @@ class Strategy:
         return float(update.num_samples)
 
     def aggregate(self, vectors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Combine client vectors ``[K, V]`` with weights ``[K]`` into one ``[V]`` (pure)."""
+        """Combine client vectors ``[K, V]`` with weights ``[K]`` into one vector of
+        :meth:`aggregate_dim` (pure)."""
         return weighted_mean(vectors, weights)
 
     def server_update(self, global_flat: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:
-        """The new global weights ``[D]`` from the old ones and the aggregate ``[V]``."""
+        """The new global weights ``[D]`` from the old ones and the aggregate."""
         raise NotImplementedError
+
+    def save_outputs(self, fm: FlatModel, run_dir: Path) -> None:
+        """Write strategy-specific results next to ``final_model.pt`` (rank 0, at the end)."""
 
     def state_dict(self) -> dict:
         """Server-side state to checkpoint (tensors and plain Python values only)."""

@@ -44,6 +44,6 @@ class Ditto(FedAvg):
         return update
 
     def personal_model(self, fm: FlatModel, global_flat: torch.Tensor, client_id: int, round_idx: int,
-                       store: object) -> None:
+                       store: object, shard: ClientShard) -> None:
         saved = store.load(client_id, round_idx + 1, global_flat.device)  # type: ignore[attr-defined]
         fm.load_(global_flat if saved is None else saved["v"])

@@ -52,5 +52,5 @@ class FedBN(FedAvg):
         return update.delta.masked_fill(self.local, 0.0)
 
     def personal_model(self, fm: FlatModel, global_flat: torch.Tensor, client_id: int, round_idx: int,
-                       store: object) -> None:
+                       store: object, shard: ClientShard) -> None:
         fm.load_(self._client_start(global_flat, client_id, round_idx + 1, store))
