@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 TRANSPORTS = ("auto", "allreduce", "gather")
 
 # The per-round tail appended to every buffer (sum path) or row (gather path).
-WEIGHT, LOSS_SUM, SEEN, CLIENTS, REJECTED, DROPPED, LATE = range(7)
-_EXTRA = 7
+# STOP: how many ranks were asked to stop (SIGTERM), so all ranks agree after the same round.
+WEIGHT, LOSS_SUM, SEEN, CLIENTS, REJECTED, DROPPED, LATE, STOP = range(8)
+_EXTRA = 8
 
 
 def choose_transport(requested: str, strategy: Strategy) -> str:
@@ -71,8 +72,9 @@ class Aggregator:
         """Client ``client_id`` was sampled but sends nothing (it failed, or missed the deadline)."""
         raise NotImplementedError
 
-    def finish(self, global_flat: torch.Tensor, round_idx: int) -> RoundResult:
-        """Collective: all ranks call it once per round, even with no clients of their own."""
+    def finish(self, global_flat: torch.Tensor, round_idx: int, stop: bool = False) -> RoundResult:
+        """Collective: all ranks call it once per round, even with no clients of their own.
+        ``stop``: this rank was asked to stop; the result's ``stop`` is True if any rank was."""
         raise NotImplementedError
 
     def _tail(self, update: ClientUpdate) -> torch.Tensor:
@@ -92,7 +94,7 @@ class Aggregator:
         return RoundResult(round_idx, new_global, clients, int(round(tail[WEIGHT])),
                            tail[LOSS_SUM] / tail[SEEN] if tail[SEEN] else float("nan"), nbytes,
                            rejected=int(round(tail[REJECTED])), dropped=int(round(tail[DROPPED])),
-                           late=int(round(tail[LATE])), skipped=skipped)
+                           late=int(round(tail[LATE])), skipped=skipped, stop=tail[STOP] > 0)
 
 
 class SumAggregator(Aggregator):
@@ -115,7 +117,8 @@ class SumAggregator(Aggregator):
     def drop(self, client_id: int, late: bool = False) -> None:
         self.buf[self.vdim + (LATE if late else DROPPED)] += 1
 
-    def finish(self, global_flat: torch.Tensor, round_idx: int) -> RoundResult:
+    def finish(self, global_flat: torch.Tensor, round_idx: int, stop: bool = False) -> RoundResult:
+        self.buf[self.vdim + STOP] = float(stop)
         total = self.comm.all_reduce_sum(self.buf)
         nbytes = total.numel() * total.element_size() * self.comm.world_size
         weight = total[self.vdim + WEIGHT]
@@ -147,7 +150,8 @@ class GatherAggregator(Aggregator):
         self.rows[self.used, self.vdim + (LATE if late else DROPPED)] = 1
         self.used += 1
 
-    def finish(self, global_flat: torch.Tensor, round_idx: int) -> RoundResult:
+    def finish(self, global_flat: torch.Tensor, round_idx: int, stop: bool = False) -> RoundResult:
+        self.rows[0, self.vdim + STOP] = float(stop)
         gathered = self.comm.gather_rows(self.rows)
         # Rank 0 aggregates; the *aggregate* is broadcast and every rank applies server_update,
         # so server state (optimizer moments, control variates) stays identical on all ranks.
@@ -169,6 +173,7 @@ class GatherAggregator(Aggregator):
         tail[REJECTED] = int((present & ~finite).sum())
         tail[DROPPED] = rows[:, self.vdim + DROPPED].sum()
         tail[LATE] = rows[:, self.vdim + LATE].sum()
+        tail[STOP] = rows[:, self.vdim + STOP].sum()
         if tail[REJECTED]:
             log.warning("%d non-finite client update(s) rejected", int(tail[REJECTED]))
         if len(good) >= self.min_clients:

@@ -10,17 +10,37 @@ the same shape and dtype.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 
 
-class Comm:
-    """Collectives on the default process group (or identities when it has one rank)."""
+class CollectiveError(RuntimeError):
+    """A collective failed or timed out: names this rank, the operation and the timeout."""
 
-    def __init__(self, rank: int, world_size: int, device: torch.device) -> None:
-        self.rank, self.world_size, self.device = rank, world_size, device
+
+class Comm:
+    """Collectives on the default process group (or identities when it has one rank).
+
+    A collective that does not complete within the process group's timeout
+    (``runtime.timeout_s``), because another rank died or hangs, raises
+    :class:`CollectiveError` naming this rank and the operation, instead of hanging.
+    """
+
+    def __init__(self, rank: int, world_size: int, device: torch.device, timeout_s: float | None = None) -> None:
+        self.rank, self.world_size, self.device, self.timeout_s = rank, world_size, device, timeout_s
+
+    @contextlib.contextmanager
+    def _op(self, name: str, tensor: torch.Tensor | None = None) -> Iterator[None]:
+        try:
+            yield
+        except RuntimeError as e:
+            what = name if tensor is None else f"{name} of {tuple(tensor.shape)} {str(tensor.dtype)[6:]}"
+            limit = f" (runtime.timeout_s={self.timeout_s:g})" if self.timeout_s else ""
+            raise CollectiveError(f"rank {self.rank}/{self.world_size}: {what} did not complete{limit}: another rank "
+                                  f"died, hangs or left; cause: {str(e).splitlines()[0][:300]}") from e
 
     @property
     def is_main(self) -> bool:
@@ -33,7 +53,8 @@ class Comm:
     def all_reduce_sum(self, flat: torch.Tensor) -> torch.Tensor:
         """Sum ``flat`` (1-D) over ranks, in place; every rank gets the result."""
         if self.distributed:
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            with self._op("all_reduce", flat):
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         return flat
 
     def gather_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
@@ -43,17 +64,19 @@ class Comm:
         """
         if not self.distributed:
             return rows
-        if self.is_main:
-            out = [torch.empty_like(rows) for _ in range(self.world_size)]
-            dist.gather(rows, gather_list=out, dst=0)
-            return torch.cat(out)
-        dist.gather(rows, dst=0)
+        with self._op("gather", rows):
+            if self.is_main:
+                out = [torch.empty_like(rows) for _ in range(self.world_size)]
+                dist.gather(rows, gather_list=out, dst=0)
+                return torch.cat(out)
+            dist.gather(rows, dst=0)
         return None
 
     def broadcast(self, flat: torch.Tensor) -> torch.Tensor:
         """Overwrite ``flat`` on every rank with rank 0's values."""
         if self.distributed:
-            dist.broadcast(flat, src=0)
+            with self._op("broadcast", flat):
+                dist.broadcast(flat, src=0)
         return flat
 
     def broadcast_object(self, obj: Any) -> Any:
@@ -61,7 +84,8 @@ class Comm:
         if not self.distributed:
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+        with self._op("broadcast_object"):
+            dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
         return box[0]
 
     def all_gather_object(self, obj: Any) -> list[Any]:
@@ -69,12 +93,14 @@ class Comm:
         if not self.distributed:
             return [obj]
         out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
+        with self._op("all_gather_object"):
+            dist.all_gather_object(out, obj)
         return out
 
     def barrier(self) -> None:
         if self.distributed:
-            if self.device.type == "cuda":
-                dist.barrier(device_ids=[self.device.index])
-            else:
-                dist.barrier()
+            with self._op("barrier"):
+                if self.device.type == "cuda":
+                    dist.barrier(device_ids=[self.device.index])
+                else:
+                    dist.barrier()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
+import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +33,7 @@ from fl.errors import ConfigError
 from fl.flat import FlatModel
 from fl.logs import setup_logging
 from fl.metrics import MetricsSink, NullSink
+from fl.preemption import StopRequest
 from fl.rundir import agree_run_dir
 from fl.runtime import DistEnv, process_group, resolve_backend, resolve_device
 from fl.strategies.base import Strategy
@@ -75,8 +78,8 @@ def run(cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, init_method:
     make_optimizer = build_optimizer_factory(cfg)
     strategy.check(StrategyContext(int(cfg.fl.num_clients), int(cfg.fl.clients_per_round), make_optimizer,
                                    int(cfg.seed)))
-    with process_group(env, device, backend, float(cfg.runtime.timeout_s), init_method):
-        comm = Comm(env.rank, env.world_size, device)
+    with process_group(env, device, backend, float(cfg.runtime.timeout_s), init_method), StopRequest() as stop:
+        comm = Comm(env.rank, env.world_size, device, float(cfg.runtime.timeout_s))
         run_dir = agree_run_dir(comm, run_dir)
         if comm.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -88,12 +91,13 @@ def run(cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, init_method:
             fm = build_flat_model(cfg, fed.spec, device)
             strategy.on_model(fm)
             _write_json(comm, run_dir / "partition.json", fed.summary)
-            summary = Rounds(cfg, comm, fed, fm, strategy, transport, make_optimizer, run_dir).run()
+            summary = Rounds(cfg, comm, fed, fm, strategy, transport, make_optimizer, run_dir, stop).run()
         except BaseException as e:
             _write_json(comm, run_dir / "run.json", {**info, "status": f"failed: {type(e).__name__}: {e}",
                                                      "end_time": _now()})
             raise
-        summary = {**info, **summary, "status": "completed", "end_time": _now()}
+        status = "preempted" if summary.pop("preempted", False) else "completed"
+        summary = {**info, **summary, "status": status, "end_time": _now()}
         _write_json(comm, run_dir / "run.json", summary)
         return summary
 
@@ -102,11 +106,13 @@ class Rounds:
     """State and steps of the round loop for one rank."""
 
     def __init__(self, cfg: DictConfig, comm: Comm, fed: Federation, fm: FlatModel, strategy: Strategy,
-                 transport: str, make_optimizer: OptimizerFactory, run_dir: Path) -> None:
+                 transport: str, make_optimizer: OptimizerFactory, run_dir: Path,
+                 stop: StopRequest | None = None) -> None:
         self.cfg, self.comm, self.fed, self.fm = cfg, comm, fed, fm
         self.strategy, self.transport, self.make_optimizer = strategy, transport, make_optimizer
         self.run_dir, self.ckpt_dir = run_dir, run_dir / "checkpoints"
         self.device = fm.flat.device
+        self.stop = stop or StopRequest()
         self.plan = LocalTraining(int(cfg.fl.local_epochs), cfg.fl.local_steps, int(cfg.train.batch_size))
         self.attack = build_attack(cfg, fed.spec.num_classes)
         self.store = ClientStore(run_dir / "client_state", int(cfg.fl.checkpoint_every), int(cfg.fl.keep_checkpoints))
@@ -118,6 +124,7 @@ class Rounds:
         sink = MetricsSink(self.run_dir, start) if comm.is_main else NullSink()
         train_s = eval_s = train_cpu_s = 0.0
         last: dict[str, float] = {}
+        preempted = False
         bar = tqdm(total=rounds, initial=start, desc="rounds", unit="round", dynamic_ncols=True,
                    disable=not (comm.is_main and cfg.runtime.progress))
         try:
@@ -133,14 +140,15 @@ class Rounds:
                         log.warning("round %d skipped: %d update(s) arrived, fl.min_clients_per_round=%d; "
                                     "the global model is unchanged", rnd + 1, result.num_clients,
                                     cfg.fl.min_clients_per_round)
-                    evaluated = (rnd + 1) % cfg.fl.eval_every == 0 or rnd + 1 == rounds
+                    evaluated = (rnd + 1) % cfg.fl.eval_every == 0 or rnd + 1 == rounds or result.stop
                     t_eval, cpu_eval = time.perf_counter(), time.process_time()
                     if evaluated:
                         metrics.update(self._evaluate(rnd, global_flat))
                     t_eval, cpu_eval = time.perf_counter() - t_eval, time.process_time() - cpu_eval
                     metrics["round_s"] = time.perf_counter() - t0 - t_eval
                     sink.log_round(rnd + 1, metrics, evaluated)
-                    if cfg.fl.checkpoint_every and ((rnd + 1) % cfg.fl.checkpoint_every == 0 or rnd + 1 == rounds):
+                    if result.stop or (cfg.fl.checkpoint_every and ((rnd + 1) % cfg.fl.checkpoint_every == 0
+                                                                    or rnd + 1 == rounds)):
                         self._checkpoint(rnd + 1, global_flat)
                     train_s += time.perf_counter() - t0 - t_eval
                     train_cpu_s += time.process_time() - cpu0 - cpu_eval
@@ -149,14 +157,22 @@ class Rounds:
                     bar.set_postfix({k: f"{last[k]:.4f}" for k in ("train_loss", "test_accuracy") if k in last})
                     bar.update()
                     log.info("%s", round_line(rnd + 1, rounds, metrics))
+                    if result.stop:
+                        preempted = rnd + 1 < rounds
+                        log.warning("stop requested: checkpoint of round %d written in %s; run again with the "
+                                    "same run directory to continue", rnd + 1, self.ckpt_dir)
+                        break
         finally:
             bar.close()
             sink.close()
+        done = rounds - start if not preempted else rnd + 1 - start
+        if preempted:
+            return {"rounds": rounds, "resumed_from_round": start, "rounds_run": done, "preempted": True,
+                    "final": last}
         if comm.is_main:
             self.fm.load_(global_flat)
             torch.save(self.fm.state_dict(), self.run_dir / "final_model.pt")
             self.strategy.save_outputs(self.fm, self.run_dir)
-        done = rounds - start
         return {"rounds": rounds, "resumed_from_round": start, "rounds_run": done,
                 "train_s": train_s, "train_cpu_s": train_cpu_s, "eval_s": eval_s, "round_s_mean": train_s / done if done else None,
                 "final": last}
@@ -181,7 +197,7 @@ class Rounds:
             task = ClientTask(cid, rnd, cfg.seed, plan, self.make_optimizer, self.store)
             update = self.strategy.client_update(self.fm, global_flat, self.attack.training_shard(cid, shard), task)
             agg.add(self.attack.poison(update, rnd))
-        return agg.finish(global_flat, rnd)
+        return agg.finish(global_flat, rnd, self.stop.requested)
 
     def _late(self, cid: int, num_train: int, plan: LocalTraining) -> bool:
         """Whether a straggler cannot finish its local work before the round deadline."""
@@ -265,10 +281,22 @@ def round_line(round_num: int, rounds: int, m: dict[str, float]) -> str:
 
 
 def _run_info(cfg: DictConfig, comm: Comm, backend: str, device: torch.device, transport: str) -> dict:
-    return {"fl_version": fl.__version__, "torch": torch.__version__, "python": platform.python_version(),
+    return {"fl_version": fl.__version__, "git_commit": _git_commit(), "torch": torch.__version__,
+            "python": platform.python_version(), "hostname": platform.node(),
+            "restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
             "world_size": comm.world_size, "backend": backend if comm.distributed else None,
             "device": str(device), "transport": transport, "start_time": _now(),
             "num_clients": cfg.fl.num_clients, "clients_per_round": cfg.fl.clients_per_round}
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout this package runs from (``None`` outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(fl.__file__).parent, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def _write_json(comm: Comm, path: Path, obj: dict) -> None:

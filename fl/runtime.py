@@ -84,12 +84,15 @@ def process_group(
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    timeout = _dt.timedelta(seconds=timeout_s)
+    store = None if init_method else _restart_safe_store(env, timeout)
     dist.init_process_group(
         backend=backend,
-        init_method=init_method or "env://",
+        init_method=None if store is not None else init_method or "env://",
+        store=store,
         rank=env.rank,
         world_size=env.world_size,
-        timeout=_dt.timedelta(seconds=timeout_s),
+        timeout=timeout,
         device_id=device if device.type == "cuda" else None,
     )
     try:
@@ -97,6 +100,27 @@ def process_group(
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _restart_safe_store(env: DistEnv, timeout: _dt.timedelta) -> dist.Store | None:
+    """A store whose keys cannot collide with those of an earlier torchrun attempt, or ``None``.
+
+    torchrun shares its rendezvous TCPStore with the workers (``TORCHELASTIC_USE_AGENT_STORE``),
+    and a restarted attempt then reads the killed attempt's peer addresses from it and cannot
+    connect (pytorch/pytorch#135712). On one node every worker has the same restart count, so
+    prefixing the keys with it isolates the attempts. Across nodes the counts can differ; there
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (set by ``scripts/``) gives each attempt a fresh store.
+    """
+    e = os.environ
+    if e.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if int(e.get("LOCAL_WORLD_SIZE", env.world_size)) != env.world_size:
+        if int(e.get("TORCHELASTIC_MAX_RESTARTS", 0)) > 0:
+            log.warning("torchrun --max-restarts across nodes: set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for the "
+                        "launcher, or a restarted attempt may fail to connect (pytorch/pytorch#135712)")
+        return None
+    base = dist.TCPStore(e["MASTER_ADDR"], int(e["MASTER_PORT"]), env.world_size, is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"fl/attempt_{e.get('TORCHELASTIC_RESTART_COUNT', '0')}", base)
 
 
 def report_to_launcher(message: str) -> None:

@@ -81,3 +81,4 @@ class RoundResult:
     dropped: int = 0
     late: int = 0
     skipped: bool = False
+    stop: bool = False  # some rank was asked to stop (SIGTERM): checkpoint and leave after this round

@@ -20,6 +20,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 if not OmegaConf.has_resolver("fl_rank0_only"):
     OmegaConf.register_new_resolver("fl_rank0_only", lambda value: value)
+    OmegaConf.register_new_resolver("fl_run_dir", lambda value: value)
 
 
 def make_cfg(*overrides: str) -> DictConfig:
