@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: $(STAMP)  ## the default federated job: 2 ranks on this machine
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) train.py $(ARGS)
+run: $(STAMP)  ## the default federated job: 2 ranks on this machine (scripts/run_local.sh)
+	NPROC=$(NPROC) PYTHON=$(PY) scripts/run_local.sh $(ARGS)
 
 test: $(STAMP)  ## the whole test suite
 	$(PY) -m pytest -q

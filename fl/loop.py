@@ -159,8 +159,9 @@ class Rounds:
                     log.info("%s", round_line(rnd + 1, rounds, metrics))
                     if result.stop:
                         preempted = rnd + 1 < rounds
-                        log.warning("stop requested: checkpoint of round %d written in %s; run again with the "
-                                    "same run directory to continue", rnd + 1, self.ckpt_dir)
+                        if comm.is_main:
+                            log.warning("stop requested: checkpoint of round %d written in %s; run again with the "
+                                        "same run directory to continue", rnd + 1, self.ckpt_dir)
                         break
         finally:
             bar.close()

@@ -11,6 +11,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -23,6 +24,7 @@ from fl.errors import ConfigError
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "gloo", "nccl")
+_GROUPS_MADE = 0  # process groups this process has created (see _restart_safe_store)
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,11 @@ class DistEnv:
 
     @classmethod
     def from_environ(cls, environ: dict[str, str] | None = None) -> "DistEnv":
+        """torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; without them, the SLURM task
+        variables of a multi-task step (``srun python train.py``, the submitit launcher)."""
         env = os.environ if environ is None else environ
+        if "RANK" not in env and int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+            return cls(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
         return cls(
             rank=int(env.get("RANK", 0)),
             world_size=int(env.get("WORLD_SIZE", 1)),
@@ -85,6 +91,8 @@ def process_group(
     if device.type == "cuda":
         torch.cuda.set_device(device)
     timeout = _dt.timedelta(seconds=timeout_s)
+    if init_method is None and "MASTER_ADDR" not in os.environ and "SLURM_JOB_NODELIST" in os.environ:
+        os.environ.update(_slurm_master(os.environ))
     store = None if init_method else _restart_safe_store(env, timeout)
     dist.init_process_group(
         backend=backend,
@@ -102,13 +110,22 @@ def process_group(
             dist.destroy_process_group()
 
 
+def _slurm_master(env: dict[str, str] | os._Environ) -> dict[str, str]:
+    """``MASTER_ADDR``/``MASTER_PORT`` for a SLURM step started without torchrun: the job's
+    first node, and a port derived from the job id (override either by exporting it)."""
+    nodes = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]], capture_output=True,
+                           text=True, check=True).stdout.split()
+    return {"MASTER_ADDR": nodes[0], "MASTER_PORT": str(20000 + int(env.get("SLURM_JOB_ID", 0)) % 20000)}
+
+
 def _restart_safe_store(env: DistEnv, timeout: _dt.timedelta) -> dist.Store | None:
     """A store whose keys cannot collide with those of an earlier torchrun attempt, or ``None``.
 
     torchrun shares its rendezvous TCPStore with the workers (``TORCHELASTIC_USE_AGENT_STORE``),
     and a restarted attempt then reads the killed attempt's peer addresses from it and cannot
-    connect (pytorch/pytorch#135712). On one node every worker has the same restart count, so
-    prefixing the keys with it isolates the attempts. Across nodes the counts can differ; there
+    connect (pytorch/pytorch#135712); so does a second process group in the same worker (a
+    Hydra sweep). On one node every worker has the same restart count, so prefixing the keys
+    with it and with the number of groups made so far isolates them. Across nodes the counts can differ; there
     ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (set by ``scripts/``) gives each attempt a fresh store.
     """
     e = os.environ
@@ -120,7 +137,9 @@ def _restart_safe_store(env: DistEnv, timeout: _dt.timedelta) -> dist.Store | No
                         "launcher, or a restarted attempt may fail to connect (pytorch/pytorch#135712)")
         return None
     base = dist.TCPStore(e["MASTER_ADDR"], int(e["MASTER_PORT"]), env.world_size, is_master=False, timeout=timeout)
-    return dist.PrefixStore(f"fl/attempt_{e.get('TORCHELASTIC_RESTART_COUNT', '0')}", base)
+    global _GROUPS_MADE
+    _GROUPS_MADE += 1  # a sweep (-m) makes one group per job, in the same order on every rank
+    return dist.PrefixStore(f"fl/attempt_{e.get('TORCHELASTIC_RESTART_COUNT', '0')}/group_{_GROUPS_MADE}", base)
 
 
 def report_to_launcher(message: str) -> None:

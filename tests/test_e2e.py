@@ -78,3 +78,14 @@ def test_torchrun_strategies(tmp_path, strategy, transport):
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["status"] == "completed" and info["transport"] == transport
     assert info["final"]["test_accuracy"] > 0.6
+
+
+def test_local_sweep_gives_each_point_its_own_run_directory(tmp_path):
+    cmd = [sys.executable, str(REPO / "train.py"), "-m", "strategy=fedavg,fedprox", "fl.rounds=1",
+           "fl.num_clients=2", "runtime.progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for num, strategy in enumerate(("FedAvg", "FedProx")):
+        point = tmp_path / "sweep" / str(num)
+        assert json.loads((point / "run.json").read_text())["status"] == "completed"
+        assert strategy in (point / ".hydra" / "config.yaml").read_text()
