@@ -4,10 +4,15 @@ A checkpoint holds the global model (flat), the strategy's server state, the num
 completed rounds, the seed and the config fingerprint. There is no RNG stream state to
 save: every random stream is derived from (seed, round, client) (see ``fl.seeding``), so
 resuming at round r replays exactly what an uninterrupted run does from round r.
+
+Each ``round_XXXXXX.pt`` has a ``.sha256`` beside it, written before the checkpoint is
+renamed into place; a file whose bytes do not match (truncated, bit rot, a half-copied
+file) is as unreadable as one that does not parse.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -41,10 +46,41 @@ def save(folder: Path, round_num: int, payload: dict[str, Any], keep: int) -> Pa
         torch.save(payload, f)
         f.flush()
         os.fsync(f.fileno())
+    _write_atomic(_digest_path(final), _sha256(tmp) + "\n")
     os.replace(tmp, final)
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink()
+        _digest_path(old).unlink(missing_ok=True)
     return final
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _verify(path: Path) -> None:
+    digest = _digest_path(path)
+    if not digest.exists():
+        raise ValueError(f"{digest.name} is missing")
+    if digest.read_text().strip() != _sha256(path):
+        raise ValueError("its SHA-256 does not match " + digest.name)
 
 
 def load_latest(folder: Path) -> dict[str, Any] | None:
@@ -57,6 +93,7 @@ def load_latest(folder: Path) -> dict[str, Any] | None:
     paths = list_checkpoints(folder)
     for path in reversed(paths):
         try:
+            _verify(path)
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, and said so
             log.warning("checkpoint %s is unreadable (%s); trying an older one", path.name, e)

@@ -27,6 +27,20 @@ def test_truncated_newest_falls_back_to_the_previous(tmp_path, caplog):
     assert "round_000004.pt is unreadable" in caplog.text
 
 
+def test_a_flipped_byte_is_detected_and_the_previous_checkpoint_used(tmp_path, caplog):
+    for r in (2, 4):
+        checkpoint.save(tmp_path, r, _payload(r), keep=3)
+    newest = checkpoint.checkpoint_path(tmp_path, 4)
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # silent corruption that may still parse
+    newest.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="fl"):
+        assert checkpoint.load_latest(tmp_path)["round"] == 2
+    assert "round_000004.pt is unreadable (its SHA-256 does not match round_000004.pt.sha256)" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "round_000002.pt", "round_000002.pt.sha256", "round_000004.pt", "round_000004.pt.sha256"]
+
+
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     checkpoint.checkpoint_path(tmp_path, 1).write_bytes(b"garbage")
     with pytest.raises(RuntimeError, match="refusing to start over"):

@@ -48,7 +48,7 @@ def test_torchrun_two_ranks_on_digits(tmp_path):
     assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 13))
     assert acc.Scalars("test/accuracy")[-1].value == pytest.approx(records[-1]["test_accuracy"], rel=1e-6)
 
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["round_000008.pt", "round_000012.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["round_000008.pt", "round_000012.pt"]
     model = build_model("cnn", (1, 8, 8), 10)
     model.load_state_dict(torch.load(run_dir / "final_model.pt", weights_only=True))
 

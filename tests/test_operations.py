@@ -104,7 +104,7 @@ def test_sigterm_checkpoints_and_the_rerun_continues(tmp_path, reference):
     assert proc.returncode != 0
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "preempted", err[-3000:]
-    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
     assert len(ckpts) == 1 and ckpts[0] != "round_000016.pt", ckpts
     assert "stop requested: checkpoint of round" in err
     assert not (run_dir / "final_model.pt").exists()

@@ -84,7 +84,7 @@ def test_time_limit_signal_checkpoints_requeues_and_continues(slurm, tmp_path):
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=env, check=True)
     _until(lambda: json.loads((run_dir / "run.json").read_text())["status"] == "preempted", "the checkpoint")
     _until(lambda: "fl: requeuing" in (tmp_path / f"slurm-{job}.out").read_text(), "the requeue")
-    stopped_at = int(sorted((run_dir / "checkpoints").iterdir())[-1].name[6:12])
+    stopped_at = int(sorted((run_dir / "checkpoints").glob("*.pt"))[-1].name[6:12])
     assert stopped_at < 30
 
     _until(lambda: "DUE TO JOB REQUEUE" in (tmp_path / f"slurm-{job}.out").read_text(), "SLURM to requeue the job")
