@@ -27,6 +27,7 @@ import torch
 
 from fl.comm import Comm
 from fl.errors import ConfigError
+from fl.privacy import DPFedAvg
 from fl.strategies.base import Strategy
 from fl.types import ClientUpdate, RoundResult
 
@@ -98,11 +99,15 @@ class Aggregator:
 
 
 class SumAggregator(Aggregator):
-    """The all-reduce transport (see module docstring)."""
+    """The all-reduce transport (see module docstring). With ``privacy`` (DP-FedAvg) each
+    update is clipped and weighted 1, and the sum is noised once and divided by the expected
+    cohort size (see :mod:`fl.privacy`)."""
 
-    def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, min_clients: int = 1) -> None:
+    def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, min_clients: int = 1,
+                 privacy: DPFedAvg | None = None) -> None:
         super().__init__(strategy, comm, dim, device, min_clients)
         self.buf = torch.zeros(self.vdim + _EXTRA, device=device)
+        self.privacy = privacy
 
     def add(self, update: ClientUpdate) -> None:
         v = self.strategy.client_vector(update)
@@ -111,6 +116,8 @@ class SumAggregator(Aggregator):
             self.buf[self.vdim + REJECTED] += 1
             return
         tail = self._tail(update)
+        if self.privacy is not None:
+            v, tail[WEIGHT] = self.privacy.clip(v), 1.0
         self.buf[:self.vdim].add_(v, alpha=float(tail[WEIGHT]))
         self.buf[self.vdim:] += tail
 
@@ -122,7 +129,9 @@ class SumAggregator(Aggregator):
         total = self.comm.all_reduce_sum(self.buf)
         nbytes = total.numel() * total.element_size() * self.comm.world_size
         weight = total[self.vdim + WEIGHT]
-        if weight > 0:
+        if self.privacy is not None:
+            total[:self.vdim] = self.privacy.privatize(total[:self.vdim], round_idx)
+        elif weight > 0:
             total[:self.vdim] /= weight
         return self._result(round_idx, global_flat, total, nbytes)
 
@@ -182,7 +191,7 @@ class GatherAggregator(Aggregator):
 
 
 def make_aggregator(transport: str, strategy: Strategy, comm: Comm, dim: int, device: torch.device,
-                    rows_per_rank: int, min_clients: int = 1) -> Aggregator:
+                    rows_per_rank: int, min_clients: int = 1, privacy: DPFedAvg | None = None) -> Aggregator:
     if transport == "allreduce":
-        return SumAggregator(strategy, comm, dim, device, min_clients)
+        return SumAggregator(strategy, comm, dim, device, min_clients, privacy)
     return GatherAggregator(strategy, comm, dim, device, rows_per_rank, min_clients)

@@ -23,6 +23,7 @@ from fl.data.datasets import DatasetSpec, TensorData
 from fl.data.federation import (ClientShard, partition_indices, simulated_clients, site_client, summary,
                                 with_label_groups)
 from fl.errors import ConfigError
+from fl.privacy import DPFedAvg
 from fl.flat import FlatModel
 from fl.models import build_model
 from fl.seeding import derive_seed
@@ -116,6 +117,17 @@ def build_attack(cfg: DictConfig, num_classes: int) -> Attack:
     fraction = float(a.get("fraction", 0.0)) if a.name != "none" else 0.0
     return Attack(str(a.name), malicious_clients(int(cfg.seed), int(cfg.fl.num_clients), fraction), int(cfg.seed),
                   float(a.get("factor", 1.0)), float(a.get("std", 1.0)), num_classes)
+
+
+def build_privacy(cfg: DictConfig, strategy: Strategy, transport: str, model_dim: int) -> DPFedAvg | None:
+    """The DP-FedAvg settings, or ``None``; refuses strategies whose aggregate is not a plain mean of deltas."""
+    p = cfg.privacy
+    if p.name == "none":
+        return None
+    if transport != "allreduce" or strategy.vector_dim(model_dim) != model_dim:
+        raise ConfigError("privacy", p.name, f"needs a strategy that averages model deltas on the all-reduce path "
+                          f"(fedavg, fedprox, fedavgm, fedadam, ...), not {type(strategy).__name__}")
+    return DPFedAvg(float(p.clip_norm), float(p.noise_multiplier), int(cfg.fl.clients_per_round), int(cfg.seed))
 
 
 def build_strategy(cfg: DictConfig) -> tuple[Strategy, str]:

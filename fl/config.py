@@ -19,6 +19,7 @@ from fl.data.datasets import DATASETS, check_available
 from fl.data.partition import PARTITIONERS
 from fl.errors import ConfigError
 from fl.models import MODELS
+from fl.privacy import epsilon
 from fl.runtime import BACKENDS
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def validate(cfg: DictConfig, world_size: int, rank: int = 0) -> None:
             log.warning("personalization=finetune has no effect: fl.holdout_fraction=0 leaves nothing to evaluate")
     _validate_participation(cfg)
     _validate_attack(cfg, num_clients)
+    _validate_privacy(cfg, num_clients)
     _validate_optim(cfg)
     _validate_partition(cfg, num_clients)
     _validate_data(cfg, num_clients, world_size, rank)
@@ -149,6 +151,38 @@ def _validate_attack(cfg: DictConfig, num_clients: int) -> None:
     if round(fraction * num_clients) == 0:
         log.warning("attack=%s with attack.fraction=%s makes no client of %d malicious", a.name, fraction,
                     num_clients)
+
+
+def _validate_privacy(cfg: DictConfig, num_clients: int) -> None:
+    _choice(cfg, "privacy.name", ("none", "dp_fedavg"))
+    p = cfg.privacy
+    if p.name == "none":
+        return
+    _number(cfg, "privacy.clip_norm", 0, low_open=True)
+    _number(cfg, "privacy.noise_multiplier", 0)
+    with open_dict(cfg):
+        if p.delta is None:
+            p.delta = float(num_clients) ** -1.1
+    _number(cfg, "privacy.delta", 0, 1, low_open=True)
+    if p.delta >= 1 / num_clients:
+        log.warning("privacy.delta=%g is not below 1/num_clients=%g: a weak guarantee", p.delta, 1 / num_clients)
+    if p.target_epsilon is not None:
+        target = _number(cfg, "privacy.target_epsilon", 0, low_open=True)
+        spent = dp_epsilon(cfg)
+        if spent > target:
+            raise ConfigError("privacy.target_epsilon", target,
+                              f"fl.rounds={cfg.fl.rounds} at noise_multiplier={p.noise_multiplier} with "
+                              f"{cfg.fl.clients_per_round} of {num_clients} clients per round spends "
+                              f"epsilon={spent:.3g} (delta={p.delta:.3g}); raise the noise or lower fl.rounds")
+
+
+def dp_epsilon(cfg: DictConfig, rounds: int | None = None) -> float:
+    """Epsilon spent after ``rounds`` (default: all) rounds of ``privacy=dp_fedavg``."""
+    p = cfg.privacy
+    if p.noise_multiplier == 0:
+        return float("inf")
+    q = cfg.fl.clients_per_round / cfg.fl.num_clients
+    return epsilon(float(p.noise_multiplier), q, int(cfg.fl.rounds if rounds is None else rounds), float(p.delta))
 
 
 def _validate_optim(cfg: DictConfig) -> None:

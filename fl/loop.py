@@ -23,12 +23,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import fl
 from fl import checkpoint, evaluation
 from fl.aggregation import choose_transport, make_aggregator
-from fl.build import Federation, build_attack, build_federation, build_flat_model, build_optimizer_factory, build_strategy
+from fl.build import Federation, build_attack, build_privacy, build_federation, build_flat_model, build_optimizer_factory, build_strategy
 from fl.client import local_train
 from fl.client_store import ClientStore
 from fl.cohort import assign, client_epochs, drops_out, local_steps, sample_cohort, slowdown
 from fl.comm import Comm
-from fl.config import validate
+from fl.config import dp_epsilon, validate
 from fl.errors import ConfigError
 from fl.flat import FlatModel
 from fl.logs import setup_logging
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 FINGERPRINT_KEYS = ("seed", "data", "partition", "model", "optim", "strategy", "train.batch_size",
                     "fl.num_clients", "fl.clients_per_round", "fl.local_epochs", "fl.local_epochs_max", "fl.local_steps",
                     "fl.holdout_fraction", "personalization", "attack", "fl.dropout_rate",
-                    "fl.client_slowdown_max", "fl.round_deadline", "fl.min_clients_per_round")
+                    "fl.client_slowdown_max", "fl.round_deadline", "fl.min_clients_per_round", "privacy")
 
 
 _NOT_RESULT_AFFECTING = ("root", "download", "on_device")  # where data lives, not what it is
@@ -75,6 +75,7 @@ def run(cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, init_method:
     backend = resolve_backend(cfg.runtime.backend, device)
     strategy, requested = build_strategy(cfg)
     transport = choose_transport(requested, strategy)
+    build_privacy(cfg, strategy, transport, 1)  # refuse impossible combinations before any work
     make_optimizer = build_optimizer_factory(cfg)
     strategy.check(StrategyContext(int(cfg.fl.num_clients), int(cfg.fl.clients_per_round), make_optimizer,
                                    int(cfg.seed)))
@@ -115,6 +116,7 @@ class Rounds:
         self.stop = stop or StopRequest()
         self.plan = LocalTraining(int(cfg.fl.local_epochs), cfg.fl.local_steps, int(cfg.train.batch_size))
         self.attack = build_attack(cfg, fed.spec.num_classes)
+        self.privacy = build_privacy(cfg, strategy, transport, len(fm))
         self.store = ClientStore(run_dir / "client_state", int(cfg.fl.checkpoint_every), int(cfg.fl.keep_checkpoints))
 
     def run(self) -> dict:
@@ -136,6 +138,8 @@ class Rounds:
                     metrics = {"train_loss": result.train_loss, "clients": result.num_clients,
                                "dropped": result.dropped, "late": result.late, "rejected": result.rejected,
                                "skipped": int(result.skipped), "comm_bytes": result.comm_bytes}
+                    if self.privacy is not None:
+                        metrics["dp_epsilon"] = dp_epsilon(cfg, rnd + 1)
                     if result.skipped:
                         log.warning("round %d skipped: %d update(s) arrived, fl.min_clients_per_round=%d; "
                                     "the global model is unchanged", rnd + 1, result.num_clients,
@@ -183,7 +187,7 @@ class Rounds:
         cohort = sample_cohort(cfg.seed, rnd, cfg.fl.num_clients, cfg.fl.clients_per_round)
         by_rank = assign(cohort, comm.world_size, self.fed.per_site)
         agg = make_aggregator(self.transport, self.strategy, comm, len(self.fm), self.device,
-                              max(len(r) for r in by_rank), int(cfg.fl.min_clients_per_round))
+                              max(len(r) for r in by_rank), int(cfg.fl.min_clients_per_round), self.privacy)
         for cid in by_rank[comm.rank]:
             epochs = client_epochs(cfg.seed, rnd, cid, self.plan.epochs, cfg.fl.local_epochs_max)
             plan = self.plan if epochs == self.plan.epochs else LocalTraining(epochs, self.plan.steps,

@@ -29,6 +29,7 @@ TAGS = {
     "late": "round/late",
     "rejected": "round/rejected",
     "skipped": "round/skipped",
+    "dp_epsilon": "privacy/epsilon",
 }
 
 
