@@ -31,12 +31,21 @@ ATTACKS = ("sign_flip", "scale", "gaussian", "label_flip", "nan_update")
 STRATEGIES = ("fedavg", "median", "trimmed_mean", "krum")
 
 
-def accuracy(overrides: list[str]) -> float:
+def run_point(overrides: list[str]) -> dict[str, float]:
+    """One in-process run (world size 1) with ``overrides``; its final metrics."""
+    if not OmegaConf.has_resolver("fl_rank0_only"):
+        OmegaConf.register_new_resolver("fl_rank0_only", lambda value: value)
+        OmegaConf.register_new_resolver("fl_run_dir", lambda value: value)
+    logging.getLogger("fl").setLevel(logging.ERROR)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["runtime.progress=false", "runtime.log_level=ERROR",
                                                        "fl.checkpoint_every=0", *overrides])
     with tempfile.TemporaryDirectory() as d:
-        return float(run(cfg, Path(d), DistEnv(0, 1, 0))["final"]["test_accuracy"])
+        return run(cfg, Path(d), DistEnv(0, 1, 0))["final"]
+
+
+def accuracy(overrides: list[str]) -> float:
+    return float(run_point(overrides)["test_accuracy"])
 
 
 def main() -> None:
@@ -46,10 +55,6 @@ def main() -> None:
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2])
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    if not OmegaConf.has_resolver("fl_rank0_only"):
-        OmegaConf.register_new_resolver("fl_rank0_only", lambda value: value)
-        OmegaConf.register_new_resolver("fl_run_dir", lambda value: value)
-    logging.getLogger("fl").setLevel(logging.ERROR)
     base = [f"seed={args.seed}", f"fl.num_clients={args.clients}", f"fl.rounds={args.rounds}",
             f"fl.eval_every={args.rounds}", "fl.local_epochs=3", "optim.lr=0.1"]
     results: dict[str, dict[str, float]] = {}
