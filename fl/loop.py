@@ -135,15 +135,7 @@ class Rounds:
                     t0, cpu0 = time.perf_counter(), time.process_time()
                     result = self._train_round(rnd, global_flat)
                     global_flat = result.new_global
-                    metrics = {"train_loss": result.train_loss, "clients": result.num_clients,
-                               "dropped": result.dropped, "late": result.late, "rejected": result.rejected,
-                               "skipped": int(result.skipped), "comm_bytes": result.comm_bytes}
-                    if self.privacy is not None:
-                        metrics["dp_epsilon"] = dp_epsilon(cfg, rnd + 1)
-                    if result.skipped:
-                        log.warning("round %d skipped: %d update(s) arrived, fl.min_clients_per_round=%d; "
-                                    "the global model is unchanged", rnd + 1, result.num_clients,
-                                    cfg.fl.min_clients_per_round)
+                    metrics = self._round_metrics(rnd, result)
                     evaluated = (rnd + 1) % cfg.fl.eval_every == 0 or rnd + 1 == rounds or result.stop
                     t_eval, cpu_eval = time.perf_counter(), time.process_time()
                     if evaluated:
@@ -170,17 +162,25 @@ class Rounds:
         finally:
             bar.close()
             sink.close()
-        done = rounds - start if not preempted else rnd + 1 - start
-        if preempted:
-            return {"rounds": rounds, "resumed_from_round": start, "rounds_run": done, "preempted": True,
-                    "final": last}
-        if comm.is_main:
+        done = rnd + 1 - start if preempted else rounds - start
+        if comm.is_main and not preempted:
             self.fm.load_(global_flat)
             torch.save(self.fm.state_dict(), self.run_dir / "final_model.pt")
             self.strategy.save_outputs(self.fm, self.run_dir)
-        return {"rounds": rounds, "resumed_from_round": start, "rounds_run": done,
-                "train_s": train_s, "train_cpu_s": train_cpu_s, "eval_s": eval_s, "round_s_mean": train_s / done if done else None,
-                "final": last}
+        return {"rounds": rounds, "resumed_from_round": start, "rounds_run": done, "preempted": preempted,
+                "train_s": train_s, "train_cpu_s": train_cpu_s, "eval_s": eval_s,
+                "round_s_mean": train_s / done if done else None, "final": last}
+
+    def _round_metrics(self, rnd: int, result: RoundResult) -> dict[str, float]:
+        metrics = {"train_loss": result.train_loss, "clients": result.num_clients, "dropped": result.dropped,
+                   "late": result.late, "rejected": result.rejected, "skipped": int(result.skipped),
+                   "comm_bytes": result.comm_bytes}
+        if self.privacy is not None:
+            metrics["dp_epsilon"] = dp_epsilon(self.cfg, rnd + 1)
+        if result.skipped and self.comm.is_main:
+            log.warning("round %d skipped: %d update(s) arrived, fl.min_clients_per_round=%d; the global model "
+                        "is unchanged", rnd + 1, result.num_clients, self.cfg.fl.min_clients_per_round)
+        return metrics
 
     def _train_round(self, rnd: int, global_flat: torch.Tensor) -> RoundResult:
         cfg, comm = self.cfg, self.comm
