@@ -21,12 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from fl.seeding import generator
-
-
-def clip_to_norm(v: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """``v`` scaled down to L2 norm ``max_norm`` when longer (pure)."""
-    norm = float(v.norm())
-    return v if norm <= max_norm else v * (max_norm / norm)
+from fl.strategies.norm_bound import clip_to_norm
 
 
 def epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:

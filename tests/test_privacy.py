@@ -10,7 +10,8 @@ from fl.aggregation import SumAggregator
 from fl.comm import Comm
 from fl.config import validate
 from fl.errors import ConfigError
-from fl.privacy import DPFedAvg, clip_to_norm, epsilon
+from fl.privacy import DPFedAvg, epsilon
+from fl.strategies.norm_bound import clip_to_norm
 from fl.strategies import FedAvg
 from fl.types import ClientUpdate
 
