@@ -37,8 +37,9 @@ TRANSPORTS = ("auto", "allreduce", "gather")
 
 # The per-round tail appended to every buffer (sum path) or row (gather path).
 # STOP: how many ranks were asked to stop (SIGTERM), so all ranks agree after the same round.
-WEIGHT, LOSS_SUM, SEEN, CLIENTS, REJECTED, DROPPED, LATE, STOP = range(8)
-_EXTRA = 8
+# UNCLIPPED: DP clients whose update was within the clip norm (adaptive clipping).
+WEIGHT, LOSS_SUM, SEEN, CLIENTS, REJECTED, DROPPED, LATE, STOP, UNCLIPPED = range(9)
+_EXTRA = 9
 
 
 def choose_transport(requested: str, strategy: Strategy) -> str:
@@ -60,11 +61,13 @@ def is_finite(update_vector: torch.Tensor) -> bool:
 class Aggregator:
     """Collects this rank's updates for one round, then runs the transport's collective."""
 
-    def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, min_clients: int = 1) -> None:
+    def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, min_clients: int = 1,
+                 privacy: DPFedAvg | None = None) -> None:
         """``dim``: the flat model's length; client vectors have ``strategy.vector_dim(dim)``."""
         self.strategy, self.comm, self.dim, self.device = strategy, comm, dim, device
         self.vdim = strategy.vector_dim(dim)
         self.min_clients = max(1, min_clients)
+        self.privacy = privacy
 
     def add(self, update: ClientUpdate) -> None:
         raise NotImplementedError
@@ -86,11 +89,27 @@ class Aggregator:
         t[CLIENTS] = 1.0
         return t
 
-    def _result(self, round_idx: int, global_flat: torch.Tensor, total: torch.Tensor, nbytes: int) -> RoundResult:
-        """Apply the server step to ``total`` = [aggregate, tail] unless too few clients arrived."""
+    def _client_vector(self, update: ClientUpdate) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The client's vector and tail (clipped, weight 1 under DP); ``None`` when non-finite."""
+        v = self.strategy.client_vector(update)
+        if not is_finite(v):
+            log.warning("client %d sent a non-finite update: rejected", update.client_id)
+            return None
+        tail = self._tail(update)
+        if self.privacy is not None:
+            v, tail[UNCLIPPED] = self.privacy.clip(v)
+            tail[WEIGHT] = 1.0
+        return v, tail
+
+    def _result(self, round_idx: int, global_flat: torch.Tensor, total: torch.Tensor, nbytes: int,
+                failed: bool = False, unclipped_fraction: float | None = None) -> RoundResult:
+        """Apply the server step to ``total`` = [aggregate, tail] unless too few clients arrived
+        (or the round ``failed``); adapt the DP clip norm only for a round that is applied."""
         tail = total[-_EXTRA:].tolist()
         clients = int(round(tail[CLIENTS]))
-        skipped = clients < self.min_clients
+        skipped = failed or clients < self.min_clients
+        if not skipped and self.privacy is not None and unclipped_fraction is not None:
+            self.privacy.adapt(unclipped_fraction)
         new_global = global_flat if skipped else self.strategy.server_update(global_flat, total[:-_EXTRA])
         return RoundResult(round_idx, new_global, clients, int(round(tail[WEIGHT])),
                            tail[LOSS_SUM] / tail[SEEN] if tail[SEEN] else float("nan"), nbytes,
@@ -105,19 +124,15 @@ class SumAggregator(Aggregator):
 
     def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, min_clients: int = 1,
                  privacy: DPFedAvg | None = None) -> None:
-        super().__init__(strategy, comm, dim, device, min_clients)
+        super().__init__(strategy, comm, dim, device, min_clients, privacy)
         self.buf = torch.zeros(self.vdim + _EXTRA, device=device)
-        self.privacy = privacy
 
     def add(self, update: ClientUpdate) -> None:
-        v = self.strategy.client_vector(update)
-        if not is_finite(v):
-            log.warning("client %d sent a non-finite update: rejected", update.client_id)
+        out = self._client_vector(update)
+        if out is None:
             self.buf[self.vdim + REJECTED] += 1
             return
-        tail = self._tail(update)
-        if self.privacy is not None:
-            v, tail[WEIGHT] = self.privacy.clip(v), 1.0
+        v, tail = out
         self.buf[:self.vdim].add_(v, alpha=float(tail[WEIGHT]))
         self.buf[self.vdim:] += tail
 
@@ -129,11 +144,13 @@ class SumAggregator(Aggregator):
         total = self.comm.all_reduce_sum(self.buf)
         nbytes = total.numel() * total.element_size() * self.comm.world_size
         weight = total[self.vdim + WEIGHT]
+        fraction = None
         if self.privacy is not None:
-            total[:self.vdim] = self.privacy.privatize(total[:self.vdim], round_idx)
+            total[:self.vdim], fraction = self.privacy.noised_sum(total[:self.vdim],
+                                                                  float(total[self.vdim + UNCLIPPED]), round_idx)
         elif weight > 0:
             total[:self.vdim] /= weight
-        return self._result(round_idx, global_flat, total, nbytes)
+        return self._result(round_idx, global_flat, total, nbytes, unclipped_fraction=fraction)
 
 
 class GatherAggregator(Aggregator):

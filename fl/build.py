@@ -127,7 +127,17 @@ def build_privacy(cfg: DictConfig, strategy: Strategy, transport: str, model_dim
     if transport != "allreduce" or strategy.vector_dim(model_dim) != model_dim:
         raise ConfigError("privacy", p.name, f"needs a strategy that averages model deltas on the all-reduce path "
                           f"(fedavg, fedprox, fedavgm, fedadam, ...), not {type(strategy).__name__}")
-    return DPFedAvg(float(p.clip_norm), float(p.noise_multiplier), int(cfg.fl.clients_per_round), int(cfg.seed))
+    quantile = p.get("target_quantile")
+    return DPFedAvg(float(p.clip_norm), float(p.noise_multiplier), int(cfg.fl.clients_per_round), int(cfg.seed),
+                    None if quantile is None else float(quantile), float(p.get("clip_lr", 0.2)), p.get("count_noise"))
+
+
+def check_secagg(cfg: DictConfig, strategy: Strategy, transport: str) -> None:
+    """Refuse secure aggregation with a strategy that needs individual updates."""
+    if cfg.secagg.name != "none" and transport != "allreduce":
+        raise ConfigError("secagg", cfg.secagg.name, f"hides every individual update, but {type(strategy).__name__} "
+                          f"(transport={transport}) needs them; use a strategy that averages (fedavg, fedprox, "
+                          f"fedavgm, fedadam, scaffold, ...) or secagg=none")
 
 
 def build_strategy(cfg: DictConfig) -> tuple[Strategy, str]:

@@ -106,6 +106,7 @@ def validate(cfg: DictConfig, world_size: int, rank: int = 0) -> None:
     _validate_participation(cfg)
     _validate_attack(cfg, num_clients)
     _validate_privacy(cfg, num_clients)
+    _validate_secagg(cfg)
     _validate_optim(cfg)
     _validate_partition(cfg, num_clients)
     _validate_data(cfg, num_clients, world_size, rank)
@@ -159,7 +160,20 @@ def _validate_privacy(cfg: DictConfig, num_clients: int) -> None:
     if p.name == "none":
         return
     _number(cfg, "privacy.clip_norm", 0, low_open=True)
-    _number(cfg, "privacy.noise_multiplier", 0)
+    z = _number(cfg, "privacy.noise_multiplier", 0)
+    if p.get("target_quantile") is not None:
+        _number(cfg, "privacy.target_quantile", 0, 1, low_open=True)
+        _number(cfg, "privacy.clip_lr", 0, low_open=True)
+        count_noise = p.count_noise
+        if count_noise is None:
+            count_noise = cfg.fl.clients_per_round / 20
+        else:
+            _number(cfg, "privacy.count_noise", 0, low_open=True)
+        if z > 0 and not 2 * count_noise > z:
+            raise ConfigError("privacy.count_noise", p.count_noise,
+                              f"adaptive clipping needs count_noise > noise_multiplier / 2 = {z / 2:g} (it is "
+                              f"{count_noise:g}{' = clients_per_round / 20' if p.count_noise is None else ''}); "
+                              f"raise it, lower privacy.noise_multiplier, or set privacy.target_quantile=null")
     with open_dict(cfg):
         if p.delta is None:
             p.delta = float(num_clients) ** -1.1
@@ -174,6 +188,17 @@ def _validate_privacy(cfg: DictConfig, num_clients: int) -> None:
                               f"fl.rounds={cfg.fl.rounds} at noise_multiplier={p.noise_multiplier} with "
                               f"{cfg.fl.clients_per_round} of {num_clients} clients per round spends "
                               f"epsilon={spent:.3g} (delta={p.delta:.3g}); raise the noise or lower fl.rounds")
+
+
+def _validate_secagg(cfg: DictConfig) -> None:
+    _choice(cfg, "secagg.name", ("none", "masking"))
+    if cfg.secagg.name == "none":
+        return
+    _int(cfg, "secagg.frac_bits", 8, 40)
+    if cfg.fl.dropout_rate > 0 or cfg.fl.round_deadline is not None:
+        log.warning("secagg=masking with fl.dropout_rate=%s, fl.round_deadline=%s: every round in which a sampled "
+                    "client sends nothing fails and leaves the model unchanged", cfg.fl.dropout_rate,
+                    cfg.fl.round_deadline)
 
 
 def dp_epsilon(cfg: DictConfig, rounds: int | None = None) -> float:

@@ -23,7 +23,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import fl
 from fl import checkpoint, evaluation
 from fl.aggregation import choose_transport, make_aggregator
-from fl.build import Federation, build_attack, build_privacy, build_federation, build_flat_model, build_optimizer_factory, build_strategy
+from fl.build import Federation, build_attack, build_federation, build_flat_model, build_optimizer_factory, \
+    build_privacy, build_strategy, check_secagg
 from fl.client import local_train
 from fl.client_store import ClientStore
 from fl.cohort import assign, client_epochs, drops_out, local_steps, sample_cohort, slowdown
@@ -36,6 +37,7 @@ from fl.metrics import MetricsSink, NullSink
 from fl.preemption import StopRequest
 from fl.rundir import agree_run_dir
 from fl.runtime import DistEnv, process_group, resolve_backend, resolve_device
+from fl.secure_sum import SecureSumAggregator
 from fl.strategies.base import Strategy
 from fl.types import ClientTask, LocalTraining, OptimizerFactory, RoundResult, StrategyContext
 
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 FINGERPRINT_KEYS = ("seed", "data", "partition", "model", "optim", "strategy", "train.batch_size",
                     "fl.num_clients", "fl.clients_per_round", "fl.local_epochs", "fl.local_epochs_max", "fl.local_steps",
                     "fl.holdout_fraction", "personalization", "attack", "fl.dropout_rate",
-                    "fl.client_slowdown_max", "fl.round_deadline", "fl.min_clients_per_round", "privacy")
+                    "fl.client_slowdown_max", "fl.round_deadline", "fl.min_clients_per_round", "privacy", "secagg")
 
 
 _NOT_RESULT_AFFECTING = ("root", "download", "on_device")  # where data lives, not what it is
@@ -76,6 +78,7 @@ def run(cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, init_method:
     strategy, requested = build_strategy(cfg)
     transport = choose_transport(requested, strategy)
     build_privacy(cfg, strategy, transport, 1)  # refuse impossible combinations before any work
+    check_secagg(cfg, strategy, transport)
     make_optimizer = build_optimizer_factory(cfg)
     strategy.check(StrategyContext(int(cfg.fl.num_clients), int(cfg.fl.clients_per_round), make_optimizer,
                                    int(cfg.seed)))
@@ -177,7 +180,8 @@ class Rounds:
                    "comm_bytes": result.comm_bytes}
         if self.privacy is not None:
             metrics["dp_epsilon"] = dp_epsilon(self.cfg, rnd + 1)
-        if result.skipped and self.comm.is_main:
+            metrics["dp_clip_norm"] = self.privacy.clip_norm
+        if result.skipped and result.num_clients < self.cfg.fl.min_clients_per_round and self.comm.is_main:
             log.warning("round %d skipped: %d update(s) arrived, fl.min_clients_per_round=%d; the global model "
                         "is unchanged", rnd + 1, result.num_clients, self.cfg.fl.min_clients_per_round)
         return metrics
@@ -186,8 +190,12 @@ class Rounds:
         cfg, comm = self.cfg, self.comm
         cohort = sample_cohort(cfg.seed, rnd, cfg.fl.num_clients, cfg.fl.clients_per_round)
         by_rank = assign(cohort, comm.world_size, self.fed.per_site)
-        agg = make_aggregator(self.transport, self.strategy, comm, len(self.fm), self.device,
-                              max(len(r) for r in by_rank), int(cfg.fl.min_clients_per_round), self.privacy)
+        if cfg.secagg.name == "masking":
+            agg = SecureSumAggregator(self.strategy, comm, len(self.fm), self.device, cohort, by_rank[comm.rank], rnd,
+                                      int(cfg.secagg.frac_bits), int(cfg.fl.min_clients_per_round), self.privacy)
+        else:
+            agg = make_aggregator(self.transport, self.strategy, comm, len(self.fm), self.device,
+                                  max(len(r) for r in by_rank), int(cfg.fl.min_clients_per_round), self.privacy)
         for cid in by_rank[comm.rank]:
             epochs = client_epochs(cfg.seed, rnd, cid, self.plan.epochs, cfg.fl.local_epochs_max)
             plan = self.plan if epochs == self.plan.epochs else LocalTraining(epochs, self.plan.steps,
@@ -247,6 +255,7 @@ class Rounds:
         if self.comm.is_main:
             checkpoint.save(self.ckpt_dir, round_num, {
                 "round": round_num, "global": global_flat.detach().cpu(), "strategy": self.strategy.state_dict(),
+                "privacy": None if self.privacy is None else self.privacy.state_dict(),
                 "seed": int(self.cfg.seed), "fingerprint": fingerprint(self.cfg),
             }, int(self.cfg.fl.keep_checkpoints))
 
@@ -254,7 +263,7 @@ class Rounds:
         """Collective: (rounds already done, global weights), identical on every rank."""
         state = checkpoint.load_latest(self.ckpt_dir) if self.comm.is_main else None
         meta = self.comm.broadcast_object(None if state is None else
-                                          {k: state[k] for k in ("round", "strategy", "fingerprint")})
+                                          {k: state.get(k) for k in ("round", "strategy", "fingerprint", "privacy")})
         global_flat = self.fm.flat.detach().clone()
         start = 0
         if meta is not None:
@@ -269,6 +278,8 @@ class Rounds:
                 raise ConfigError("fl.rounds", self.cfg.fl.rounds,
                                   f"must be >= {start}, the rounds already done by the checkpoint in {self.ckpt_dir}")
             self.strategy.load_state_dict(meta["strategy"])
+            if self.privacy is not None and meta["privacy"] is not None:
+                self.privacy.load_state_dict(meta["privacy"])
             if state is not None:
                 global_flat.copy_(state["global"])
         self.comm.broadcast(global_flat)  # also makes the initial weights identical everywhere

@@ -30,6 +30,7 @@ TAGS = {
     "rejected": "round/rejected",
     "skipped": "round/skipped",
     "dp_epsilon": "privacy/epsilon",
+    "dp_clip_norm": "privacy/clip_norm",
 }
 
 
