@@ -23,6 +23,7 @@ from fl.data.datasets import DatasetSpec, TensorData
 from fl.data.federation import (ClientShard, partition_indices, simulated_clients, site_client, summary,
                                 with_label_groups)
 from fl.errors import ConfigError
+from fl.local_dp import LocalDP
 from fl.privacy import DPFedAvg
 from fl.flat import FlatModel
 from fl.models import build_model
@@ -122,7 +123,7 @@ def build_attack(cfg: DictConfig, num_classes: int) -> Attack:
 def build_privacy(cfg: DictConfig, strategy: Strategy, transport: str, model_dim: int) -> DPFedAvg | None:
     """The DP-FedAvg settings, or ``None``; refuses strategies whose aggregate is not a plain mean of deltas."""
     p = cfg.privacy
-    if p.name == "none":
+    if p.name in ("none", "dp_sgd_local"):
         return None
     if transport != "allreduce" or strategy.vector_dim(model_dim) != model_dim:
         raise ConfigError("privacy", p.name, f"needs a strategy that averages model deltas on the all-reduce path "
@@ -130,6 +131,19 @@ def build_privacy(cfg: DictConfig, strategy: Strategy, transport: str, model_dim
     quantile = p.get("target_quantile")
     return DPFedAvg(float(p.clip_norm), float(p.noise_multiplier), int(cfg.fl.clients_per_round), int(cfg.seed),
                     None if quantile is None else float(quantile), float(p.get("clip_lr", 0.2)), p.get("count_noise"))
+
+
+def build_local_dp(cfg: DictConfig, strategy: Strategy) -> LocalDP | None:
+    """DP-SGD settings for local training (``privacy=dp_sgd_local``), or ``None``; refuses strategies
+    that add their own terms to local training (their gradients would escape the clipping)."""
+    p = cfg.privacy
+    if p.name != "dp_sgd_local":
+        return None
+    if type(strategy).client_update is not Strategy.client_update:
+        raise ConfigError("privacy", p.name, f"clips per-example gradients of the data loss, but "
+                          f"{type(strategy).__name__} changes local training; use fedavg, fedavgm, fedadam, "
+                          f"fedsgd, norm_bound or a robust aggregator")
+    return LocalDP(float(p.noise_multiplier), float(p.max_grad_norm), None if p.delta is None else float(p.delta))
 
 
 def check_secagg(cfg: DictConfig, strategy: Strategy, transport: str) -> None:

@@ -6,6 +6,7 @@ trains identically whichever rank hosts it.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Iterator
 
 import torch
@@ -13,7 +14,9 @@ import torch.nn.functional as F
 
 from fl.data.federation import ClientShard
 from fl.data.datasets import TensorData
+from fl.cohort import local_steps
 from fl.flat import FlatModel
+from fl.local_dp import dp_sgd, poisson_batches
 from fl.seeding import derive_seed, generator
 from fl.types import ClientTask, ClientUpdate, LocalTraining
 
@@ -44,7 +47,8 @@ def local_train(fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, ta
     """Train ``fm`` from ``global_flat`` on the client's training split; return its delta.
 
     ``extra_loss`` (e.g. FedProx's proximal term) is added to every mini-batch loss; the
-    reported training loss is the data loss alone.
+    reported training loss is the data loss alone. With ``task.dp`` the steps are DP-SGD
+    steps on Poisson batches (:mod:`fl.local_dp`).
     """
     device = global_flat.device
     fm.load_(global_flat)
@@ -56,15 +60,26 @@ def local_train(fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, ta
     x, y, idx = shard.data.x, shard.data.y, shard.train_idx
     loss_sum = torch.zeros((), device=device)
     seen = steps = 0
-    for pos in batch_indices(shard.num_train, task.plan, g, device):
-        rows = idx[pos]
-        loss = F.cross_entropy(model(x[rows]), y[rows])
-        opt.zero_grad(set_to_none=True)
-        (loss if extra_loss is None else loss + extra_loss()).backward()
-        opt.step()
-        loss_sum += loss.detach() * rows.numel()  # stays on device: no sync per batch
-        seen += rows.numel()
-        steps += 1
+    if task.dp is None:
+        batches, private = batch_indices(shard.num_train, task.plan, g, device), contextlib.nullcontext((model, opt))
+    else:
+        plan = task.plan
+        batches = poisson_batches(shard.num_train, min(1.0, plan.batch_size / shard.num_train),
+                                  local_steps(shard.num_train, plan.epochs, plan.steps, plan.batch_size), g, device)
+        noise = generator(task.seed, "dp_sgd_noise", task.round_idx, task.client_id, device=device)
+        private = dp_sgd(model, opt, task.dp, plan.batch_size, noise)
+    with private as (model, opt):
+        for pos in batches:
+            steps += 1
+            if pos.numel() == 0:  # an empty Poisson batch: nothing to learn from, nothing released
+                continue
+            rows = idx[pos]
+            loss = F.cross_entropy(model(x[rows]), y[rows])
+            opt.zero_grad(set_to_none=True)
+            (loss if extra_loss is None else loss + extra_loss()).backward()
+            opt.step()
+            loss_sum += loss.detach() * rows.numel()  # stays on device: no sync per batch
+            seen += rows.numel()
     return ClientUpdate(task.client_id, fm.flat - global_flat, shard.num_train, loss_sum, seen, steps)
 
 

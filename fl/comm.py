@@ -57,6 +57,15 @@ class Comm:
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         return flat
 
+    def all_reduce_max(self, value: float) -> float:
+        """The largest of every rank's ``value`` (one scalar all-reduce)."""
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        with self._op("all_reduce_max", t):
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t)
+
     def gather_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
         """Stack every rank's ``rows`` ([R, D], same R on every rank) on rank 0.
 

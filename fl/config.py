@@ -19,7 +19,7 @@ from fl.data.datasets import DATASETS, check_available
 from fl.data.partition import PARTITIONERS
 from fl.errors import ConfigError
 from fl.models import MODELS
-from fl.privacy import epsilon
+from fl.accounting import epsilon
 from fl.runtime import BACKENDS
 
 log = logging.getLogger(__name__)
@@ -155,9 +155,17 @@ def _validate_attack(cfg: DictConfig, num_clients: int) -> None:
 
 
 def _validate_privacy(cfg: DictConfig, num_clients: int) -> None:
-    _choice(cfg, "privacy.name", ("none", "dp_fedavg"))
+    _choice(cfg, "privacy.name", ("none", "dp_fedavg", "dp_sgd_local"))
     p = cfg.privacy
     if p.name == "none":
+        return
+    if p.name == "dp_sgd_local":
+        _number(cfg, "privacy.max_grad_norm", 0, low_open=True)
+        _number(cfg, "privacy.noise_multiplier", 0)
+        if p.delta is not None:
+            _number(cfg, "privacy.delta", 0, 1, low_open=True, allowed="must be null or a number in (0, 1)")
+        if p.target_epsilon is not None:
+            _number(cfg, "privacy.target_epsilon", 0, low_open=True)
         return
     _number(cfg, "privacy.clip_norm", 0, low_open=True)
     z = _number(cfg, "privacy.noise_multiplier", 0)

@@ -24,7 +24,7 @@ import fl
 from fl import checkpoint, evaluation
 from fl.aggregation import choose_transport, make_aggregator
 from fl.build import Federation, build_attack, build_federation, build_flat_model, build_optimizer_factory, \
-    build_privacy, build_strategy, check_secagg
+    build_local_dp, build_privacy, build_strategy, check_secagg
 from fl.client import local_train
 from fl.client_store import ClientStore
 from fl.cohort import assign, client_epochs, drops_out, local_steps, sample_cohort, slowdown
@@ -32,6 +32,7 @@ from fl.comm import Comm
 from fl.config import dp_epsilon, validate
 from fl.errors import ConfigError
 from fl.flat import FlatModel
+from fl.local_dp import LocalAccountant, unsupported_layers
 from fl.logs import setup_logging
 from fl.metrics import MetricsSink, NullSink
 from fl.preemption import StopRequest
@@ -79,6 +80,7 @@ def run(cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, init_method:
     transport = choose_transport(requested, strategy)
     build_privacy(cfg, strategy, transport, 1)  # refuse impossible combinations before any work
     check_secagg(cfg, strategy, transport)
+    build_local_dp(cfg, strategy)
     make_optimizer = build_optimizer_factory(cfg)
     strategy.check(StrategyContext(int(cfg.fl.num_clients), int(cfg.fl.clients_per_round), make_optimizer,
                                    int(cfg.seed)))
@@ -94,6 +96,8 @@ def run(cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, init_method:
             fed = build_federation(cfg, comm, device)
             fm = build_flat_model(cfg, fed.spec, device)
             strategy.on_model(fm)
+            if cfg.privacy.name == "dp_sgd_local" and (problems := unsupported_layers(fm.module)):
+                raise ConfigError("model", cfg.model.name, f"privacy=dp_sgd_local cannot train it: {problems[0]}")
             _write_json(comm, run_dir / "partition.json", fed.summary)
             summary = Rounds(cfg, comm, fed, fm, strategy, transport, make_optimizer, run_dir, stop).run()
         except BaseException as e:
@@ -120,11 +124,16 @@ class Rounds:
         self.plan = LocalTraining(int(cfg.fl.local_epochs), cfg.fl.local_steps, int(cfg.train.batch_size))
         self.attack = build_attack(cfg, fed.spec.num_classes)
         self.privacy = build_privacy(cfg, strategy, transport, len(fm))
+        self.local_dp = build_local_dp(cfg, strategy)
+        self.accountant: LocalAccountant | None = None
         self.store = ClientStore(run_dir / "client_state", int(cfg.fl.checkpoint_every), int(cfg.fl.keep_checkpoints))
 
     def run(self) -> dict:
         cfg, comm = self.cfg, self.comm
         start, global_flat = self._resume()
+        if self.local_dp is not None:
+            self._check_local_budget()
+            self.accountant = self._local_dp_replay(range(start))
         rounds = int(cfg.fl.rounds)
         sink = MetricsSink(self.run_dir, start) if comm.is_main else NullSink()
         train_s = eval_s = train_cpu_s = 0.0
@@ -181,6 +190,8 @@ class Rounds:
         if self.privacy is not None:
             metrics["dp_epsilon"] = dp_epsilon(self.cfg, rnd + 1)
             metrics["dp_clip_norm"] = self.privacy.clip_norm
+        if self.accountant is not None:
+            metrics["dp_local_epsilon"] = self.comm.all_reduce_max(self.accountant.worst()[0])
         if result.skipped and result.num_clients < self.cfg.fl.min_clients_per_round and self.comm.is_main:
             log.warning("round %d skipped: %d update(s) arrived, fl.min_clients_per_round=%d; the global model "
                         "is unchanged", rnd + 1, result.num_clients, self.cfg.fl.min_clients_per_round)
@@ -196,21 +207,56 @@ class Rounds:
         else:
             agg = make_aggregator(self.transport, self.strategy, comm, len(self.fm), self.device,
                                   max(len(r) for r in by_rank), int(cfg.fl.min_clients_per_round), self.privacy)
-        for cid in by_rank[comm.rank]:
+        for cid, plan, fate in self._fates(rnd, by_rank[comm.rank]):
+            if fate != "train":
+                agg.drop(cid, late=fate == "late")
+                continue
+            shard = self.fed.shards[cid]
+            task = ClientTask(cid, rnd, cfg.seed, plan, self.make_optimizer, self.store, self.local_dp)
+            update = self.strategy.client_update(self.fm, global_flat, self.attack.training_shard(cid, shard), task)
+            agg.add(self.attack.poison(update, rnd))
+            if self.accountant is not None:
+                self.accountant.record(cid, shard.num_train, _steps(shard.num_train, plan))
+        return agg.finish(global_flat, rnd, self.stop.requested)
+
+    def _fates(self, rnd: int, hosted: list[int]) -> list[tuple[int, LocalTraining, str]]:
+        """Each hosted client's local plan this round and whether it trains, drops out or is late."""
+        cfg, out = self.cfg, []
+        for cid in hosted:
             epochs = client_epochs(cfg.seed, rnd, cid, self.plan.epochs, cfg.fl.local_epochs_max)
             plan = self.plan if epochs == self.plan.epochs else LocalTraining(epochs, self.plan.steps,
                                                                                self.plan.batch_size)
-            shard = self.fed.shards[cid]
             if drops_out(cfg.seed, rnd, cid, float(cfg.fl.dropout_rate)):
-                agg.drop(cid)
-                continue
-            if self._late(cid, shard.num_train, plan):
-                agg.drop(cid, late=True)
-                continue
-            task = ClientTask(cid, rnd, cfg.seed, plan, self.make_optimizer, self.store)
-            update = self.strategy.client_update(self.fm, global_flat, self.attack.training_shard(cid, shard), task)
-            agg.add(self.attack.poison(update, rnd))
-        return agg.finish(global_flat, rnd, self.stop.requested)
+                out.append((cid, plan, "dropped"))
+            elif self._late(cid, self.fed.shards[cid].num_train, plan):
+                out.append((cid, plan, "late"))
+            else:
+                out.append((cid, plan, "train"))
+        return out
+
+    def _local_dp_replay(self, rounds: range) -> LocalAccountant:
+        """The DP-SGD steps this rank's clients take in ``rounds`` (all deterministic), without training."""
+        acc = LocalAccountant(self.local_dp, self.plan.batch_size)
+        for rnd in rounds:
+            cohort = sample_cohort(self.cfg.seed, rnd, self.cfg.fl.num_clients, self.cfg.fl.clients_per_round)
+            hosted = assign(cohort, self.comm.world_size, self.fed.per_site)[self.comm.rank]
+            for cid, plan, fate in self._fates(rnd, hosted):
+                if fate == "train":
+                    n = self.fed.shards[cid].num_train
+                    acc.record(cid, n, _steps(n, plan))
+        return acc
+
+    def _check_local_budget(self) -> None:
+        """Refuse (on every rank alike) a run in which some client would spend more than the target."""
+        target = self.cfg.privacy.target_epsilon
+        worst, cid = self._local_dp_replay(range(int(self.cfg.fl.rounds))).worst()
+        overall = self.comm.all_reduce_max(worst)
+        if target is not None and overall > target:
+            who = f"client {cid}" if worst == overall else "a client on another rank"
+            raise ConfigError("privacy.target_epsilon", target,
+                              f"over fl.rounds={self.cfg.fl.rounds} {who} would spend epsilon={overall:.3g} at "
+                              f"noise_multiplier={self.cfg.privacy.noise_multiplier}; raise the noise or lower "
+                              f"fl.rounds or fl.local_epochs")
 
     def _late(self, cid: int, num_train: int, plan: LocalTraining) -> bool:
         """Whether a straggler cannot finish its local work before the round deadline."""
@@ -284,6 +330,10 @@ class Rounds:
                 global_flat.copy_(state["global"])
         self.comm.broadcast(global_flat)  # also makes the initial weights identical everywhere
         return start, global_flat
+
+
+def _steps(num_train: int, plan: LocalTraining) -> int:
+    return local_steps(num_train, plan.epochs, plan.steps, plan.batch_size)
 
 
 def round_line(round_num: int, rounds: int, m: dict[str, float]) -> str:

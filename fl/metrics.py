@@ -31,6 +31,7 @@ TAGS = {
     "skipped": "round/skipped",
     "dp_epsilon": "privacy/epsilon",
     "dp_clip_norm": "privacy/clip_norm",
+    "dp_local_epsilon": "privacy/local_epsilon_max",
 }
 
 

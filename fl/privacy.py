@@ -32,21 +32,9 @@ import math
 
 import torch
 
+from fl.accounting import epsilon  # noqa: F401 - also importable from here
 from fl.seeding import generator
 from fl.strategies.norm_bound import clip_to_norm
-
-
-def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
-    """The (epsilon, delta) guarantee after ``steps`` sampled steps, from Opacus' RDP accountant."""
-    from opacus.accountants import RDPAccountant
-
-    if steps == 0:
-        return 0.0
-    if noise_multiplier == 0:
-        return float("inf")
-    accountant = RDPAccountant()
-    accountant.history = [(noise_multiplier, sample_rate, steps)]
-    return float(accountant.get_epsilon(delta))
 
 
 def update_noise_multiplier(noise_multiplier: float, count_noise: float) -> float:

@@ -50,6 +50,7 @@ class ClientTask:
     plan: LocalTraining
     make_optimizer: OptimizerFactory
     store: Any = None  # fl.client_store.ClientStore: per-client state across rounds
+    dp: Any = None  # fl.local_dp.LocalDP: DP-SGD local training (privacy=dp_sgd_local)
 
 
 @dataclass(frozen=True)
