@@ -1,9 +1,15 @@
-"""Clean vs private accuracy: DP-FedAvg at a few noise multipliers, with the epsilon spent.
+"""Clean vs private accuracy, with the epsilon spent, from real runs (one process each).
 
-Workload: scikit-learn digits, `cnn`, 50 clients, 10 per round, 2 local epochs, SGD lr 0.1,
-40 rounds, clip norm 0.5, one process. Epsilon at delta = 50^-1.1 from Opacus' RDP accountant.
+Client-level DP (`experiment=dp_digits`: scikit-learn digits, `cnn`, 50 clients, 10 per round,
+2 local epochs, SGD lr 0.1, 40 rounds): DP-FedAvg with clip norm 0.5 at a few noise
+multipliers, and with adaptive clipping (median norm, count noise 10/20); epsilon at
+delta = 50^-1.1.
 
-    python scripts/dp_table.py [--rounds 40] [--multipliers 0 0.3 0.6 1.0]
+Sample-level DP (`experiment=dp_silos`: digits over 5 silos of about 290 records, `mlp`, 20
+rounds of one local epoch): DP-SGD inside each silo; epsilon is the largest silo's, at
+delta = n^-1.1 for a silo of n records. All epsilons from Opacus' RDP accountant.
+
+    python scripts/dp_table.py [--multipliers 0 0.3 0.6 1.0] [--local-multipliers 0.5 1.0 2.0]
 """
 
 from __future__ import annotations
@@ -19,20 +25,30 @@ from attack_table import run_point  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--multipliers", type=float, nargs="+", default=[0.0, 0.3, 0.6, 1.0])
+    p.add_argument("--adaptive-multiplier", type=float, default=0.6)
+    p.add_argument("--local-multipliers", type=float, nargs="+", default=[0.5, 1.0, 2.0])
     args = p.parse_args()
-    base = ["fl.num_clients=50", "fl.clients_per_round=10", f"fl.rounds={args.rounds}",
-            f"fl.eval_every={args.rounds}", "fl.local_epochs=2", "optim.lr=0.1"]
-    print("| privacy | noise multiplier | epsilon | test accuracy |")
-    print("| --- | --- | --- | --- |")
-    final = run_point(base)
-    print(f"| none | - | - | {final['test_accuracy']:.3f} |", flush=True)
+    print("| workload | privacy | noise multiplier | epsilon | test accuracy |")
+    print("| --- | --- | --- | --- | --- |")
+    central = ["experiment=dp_digits", "privacy=dp_fedavg", "privacy.clip_norm=0.5"]
+    row("dp_digits", "none", None, None, run_point(["experiment=dp_digits"]))
     for z in args.multipliers:
-        final = run_point(base + ["privacy=dp_fedavg", "privacy.clip_norm=0.5", f"privacy.noise_multiplier={z}"])
-        eps = final["dp_epsilon"]
-        print(f"| dp_fedavg | {z:g} | {'inf' if eps == float('inf') else f'{eps:.2f}'} | "
-              f"{final['test_accuracy']:.3f} |", flush=True)
+        row("dp_digits", "dp_fedavg", z, "dp_epsilon", run_point(central + [f"privacy.noise_multiplier={z}"]))
+    z = args.adaptive_multiplier
+    row("dp_digits", "dp_fedavg, adaptive clip (median)", z, "dp_epsilon",
+        run_point(central + [f"privacy.noise_multiplier={z}", "privacy.target_quantile=0.5"]))
+    row("dp_silos", "none", None, None, run_point(["experiment=dp_silos"]))
+    for z in args.local_multipliers:
+        row("dp_silos", "dp_sgd_local", z, "dp_local_epsilon",
+            run_point(["experiment=dp_silos", "privacy=dp_sgd_local", f"privacy.noise_multiplier={z}"]))
+
+
+def row(workload: str, privacy: str, z: float | None, eps_key: str | None, final: dict) -> None:
+    eps = final[eps_key] if eps_key else None
+    eps_text = "-" if eps is None else "inf" if eps == float("inf") else f"{eps:.2f}"
+    print(f"| {workload} | {privacy} | {'-' if z is None else f'{z:g}'} | {eps_text} | "
+          f"{final['test_accuracy']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

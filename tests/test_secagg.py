@@ -195,3 +195,22 @@ def test_dropouts_fail_their_rounds_and_the_run_goes_on(tmp_path):
 def test_strategies_that_need_individual_updates_are_refused(tmp_path, strategy):
     with pytest.raises(RuntimeError, match=r"secagg='masking' is invalid: hides every individual update"):
         fork_ranks(1, run_job, tmp_path, make_cfg(*SECAGG_RUN, f"strategy={strategy}"), tmp_path / strategy)
+
+
+def test_with_dp_and_adaptive_clipping_the_model_is_bit_identical_at_any_world_size(tmp_path):
+    run = (*SECAGG_RUN, "privacy=dp_fedavg", "privacy.clip_norm=0.5", "privacy.noise_multiplier=0.5",
+           "privacy.target_quantile=0.5", "privacy.count_noise=0.5")
+    out = {ws: fork_ranks(ws, run_job, tmp_path, make_cfg(*run), tmp_path / f"dp{ws}")[0] for ws in (1, 2)}
+    a, b = (torch.load(tmp_path / f"dp{ws}" / "final_model.pt", weights_only=True) for ws in (1, 2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert out[1]["final"]["dp_clip_norm"] == out[2]["final"]["dp_clip_norm"] != 0.5
+
+
+def test_bad_secagg_settings_name_the_key():
+    from fl.config import validate
+    from fl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"secagg.frac_bits=50 is invalid: must be an integer >= 8 and <= 40"):
+        validate(make_cfg("secagg=masking", "secagg.frac_bits=50"), 1)
+    with pytest.raises(ConfigError, match=r"secagg.name='shamir' is invalid: must be one of none, masking"):
+        validate(make_cfg("secagg=masking", "secagg.name=shamir"), 1)
