@@ -19,7 +19,7 @@ from fl.data.datasets import DATASETS, check_available
 from fl.data.partition import PARTITIONERS
 from fl.errors import ConfigError
 from fl.models import MODELS
-from fl.accounting import epsilon
+from fl.accounting import ACCOUNTANTS, epsilon, epsilon_fixed_size
 from fl.runtime import BACKENDS
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,7 @@ def _validate_privacy(cfg: DictConfig, num_clients: int) -> None:
             _number(cfg, "privacy.target_epsilon", 0, low_open=True)
         return
     _number(cfg, "privacy.clip_norm", 0, low_open=True)
+    _choice(cfg, "privacy.accountant", ACCOUNTANTS)
     z = _number(cfg, "privacy.noise_multiplier", 0)
     if p.get("target_quantile") is not None:
         _number(cfg, "privacy.target_quantile", 0, 1, low_open=True)
@@ -212,10 +213,11 @@ def _validate_secagg(cfg: DictConfig) -> None:
 def dp_epsilon(cfg: DictConfig, rounds: int | None = None) -> float:
     """Epsilon spent after ``rounds`` (default: all) rounds of ``privacy=dp_fedavg``."""
     p = cfg.privacy
-    if p.noise_multiplier == 0:
-        return float("inf")
-    q = cfg.fl.clients_per_round / cfg.fl.num_clients
-    return epsilon(float(p.noise_multiplier), q, int(cfg.fl.rounds if rounds is None else rounds), float(p.delta))
+    steps = int(cfg.fl.rounds if rounds is None else rounds)
+    n, m, z, delta = int(cfg.fl.num_clients), int(cfg.fl.clients_per_round), float(p.noise_multiplier), float(p.delta)
+    if p.accountant == "poisson":
+        return epsilon(z, m / n, steps, delta)
+    return epsilon_fixed_size(z, n, m, steps, delta)
 
 
 def _validate_optim(cfg: DictConfig) -> None:

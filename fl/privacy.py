@@ -17,7 +17,7 @@ with Adaptive Clipping." NeurIPS 2021. https://arxiv.org/abs/1905.03871): with
 ``target_quantile`` set, ``C`` follows that quantile of the update norms. Each client also
 reports ``b = 1`` when its update was not clipped; the server noises the count with std
 ``sigma_b`` and moves ``C <- C * exp(-lr * (noised fraction - target_quantile))``. The
-update noise is lowered to ``z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2`` so that the two
+update noise multiplier is raised to ``z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2`` so that the two
 releases together cost exactly what noise multiplier ``z`` alone would: the accountant
 still uses ``z``.
 
@@ -39,7 +39,7 @@ from fl.strategies.norm_bound import clip_to_norm
 
 def update_noise_multiplier(noise_multiplier: float, count_noise: float) -> float:
     """``z_delta``: the update noise that leaves room for the clipped-count noise ``sigma_b``
-    (Andrew et al. 2021, Theorem 1); ``inf`` budget left when ``2 sigma_b <= z``."""
+    (Andrew et al. 2021, Theorem 1); raises when ``2 sigma_b <= z`` leaves no budget for the updates."""
     if noise_multiplier == 0:
         return 0.0
     rest = noise_multiplier ** -2 - (2 * count_noise) ** -2

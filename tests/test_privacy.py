@@ -148,3 +148,30 @@ def test_adaptive_clip_norm_is_checkpointed_and_resumes_exactly(tmp_path):
     assert resumed["final"]["dp_clip_norm"] == straight["final"]["dp_clip_norm"] != 0.5
     a, b = (torch.load(tmp_path / d / "final_model.pt", weights_only=True) for d in ("straight", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fixed_size_epsilon_equals_dp_accounting_composed_step_by_step():
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
+    from fl.accounting import epsilon_fixed_size
+
+    event = dp_accounting.SampledWithoutReplacementDpEvent(50, 10, dp_accounting.GaussianDpEvent(1.0))
+    acc = RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    for _ in range(40):
+        acc.compose(event)
+    assert epsilon_fixed_size(1.0, 50, 10, 40, 50 ** -1.1) == pytest.approx(acc.get_epsilon(50 ** -1.1), rel=1e-9)
+    # replace-one adjacency on a fixed-size cohort costs more than the Poisson approximation
+    assert epsilon_fixed_size(1.0, 50, 10, 40, 1e-5) > epsilon(1.0, 0.2, 40, 1e-5)
+
+
+def test_the_accountant_is_chosen_by_config():
+    from fl.config import dp_epsilon
+
+    base = ("privacy=dp_fedavg", "fl.num_clients=50", "fl.clients_per_round=10", "fl.rounds=40")
+    fixed, poisson = make_cfg(*base), make_cfg(*base, "privacy.accountant=poisson")
+    validate(fixed, 1), validate(poisson, 1)
+    assert dp_epsilon(poisson) == pytest.approx(epsilon(1.0, 0.2, 40, 50 ** -1.1))
+    assert dp_epsilon(fixed) > dp_epsilon(poisson)
+    with pytest.raises(ConfigError, match="privacy.accountant='prv' is invalid: must be one of fixed_size, poisson"):
+        validate(make_cfg(*base, "privacy.accountant=prv"), 1)
