@@ -80,6 +80,23 @@ def test_torchrun_strategies(tmp_path, strategy, transport):
     assert info["final"]["test_accuracy"] > 0.6
 
 
+def test_torchrun_secure_aggregation_with_dp_and_tensorboard_privacy_scalars(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "train.py"), "secagg=masking", "privacy=dp_fedavg", "privacy.clip_norm=0.5",
+           "privacy.noise_multiplier=0.3", "privacy.target_quantile=0.5", "privacy.count_noise=0.5",
+           "fl.num_clients=8", "fl.clients_per_round=6", "fl.rounds=4", "fl.eval_every=4", "optim.lr=0.1",
+           "runtime.progress=false", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "completed" and info["final"]["skipped"] == 0 and info["final"]["dp_epsilon"] > 0
+    acc = EventAccumulator(str(next((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("privacy/epsilon")] == [1, 2, 3, 4]
+    clip = [e.value for e in acc.Scalars("privacy/clip_norm")]
+    assert len(set(clip)) == 4, f"the adaptive clip norm moves every round: {clip}"
+
+
 def test_local_sweep_gives_each_point_its_own_run_directory(tmp_path):
     cmd = [sys.executable, str(REPO / "train.py"), "-m", "strategy=fedavg,fedprox", "fl.rounds=1",
            "fl.num_clients=2", "runtime.progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
