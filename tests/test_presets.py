@@ -8,6 +8,12 @@ from fl.config import validate
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
 def test_experiments_compose_and_validate(experiment, tmp_path):
+    if experiment.startswith("dp_"):  # the privacy tables' workloads, on the bundled digits
+        privacy = "dp_fedavg" if experiment == "dp_digits" else "dp_sgd_local"
+        cfg = make_cfg(f"experiment={experiment}", f"privacy={privacy}")
+        validate(cfg, 2)
+        assert cfg.data.name == "digits" and cfg.fl.num_clients in (50, 5)
+        return
     cfg = make_cfg(f"experiment={experiment}", f"data.root={tmp_path}")  # download=true: files not needed yet
     validate(cfg, 2)
     assert cfg.data.name == "mnist" and cfg.fl.num_clients == 100 and cfg.fl.clients_per_round == 10
