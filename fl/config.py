@@ -204,8 +204,10 @@ def _validate_secagg(cfg: DictConfig) -> None:
     if cfg.secagg.name == "none":
         return
     _int(cfg, "secagg.frac_bits", 8, 40)
-    if cfg.fl.dropout_rate > 0 or cfg.fl.round_deadline is not None:
-        log.warning("secagg=masking with fl.dropout_rate=%s, fl.round_deadline=%s: every round in which a sampled "
+    _choice(cfg, "secagg.dropout", ("recover", "fail"))
+    _number(cfg, "secagg.threshold", 0, 1)
+    if cfg.secagg.dropout == "fail" and (cfg.fl.dropout_rate > 0 or cfg.fl.round_deadline is not None):
+        log.warning("secagg.dropout=fail with fl.dropout_rate=%s, fl.round_deadline=%s: every round in which a sampled "
                     "client sends nothing fails and leaves the model unchanged", cfg.fl.dropout_rate,
                     cfg.fl.round_deadline)
 

@@ -203,7 +203,8 @@ class Rounds:
         by_rank = assign(cohort, comm.world_size, self.fed.per_site)
         if cfg.secagg.name == "masking":
             agg = SecureSumAggregator(self.strategy, comm, len(self.fm), self.device, cohort, by_rank[comm.rank], rnd,
-                                      int(cfg.secagg.frac_bits), int(cfg.fl.min_clients_per_round), self.privacy)
+                                      int(cfg.secagg.frac_bits), int(cfg.fl.min_clients_per_round), self.privacy,
+                                      cfg.secagg.dropout == "recover", float(cfg.secagg.threshold))
         else:
             agg = make_aggregator(self.transport, self.strategy, comm, len(self.fm), self.device,
                                   max(len(r) for r in by_rank), int(cfg.fl.min_clients_per_round), self.privacy)

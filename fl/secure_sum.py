@@ -1,28 +1,36 @@
 """The secure-aggregation transport (``secagg=masking``): the all-reduce path on masked integers.
 
-A round, as this transport runs it (Bonawitz et al. 2017, without the recovery phase):
+A round, as this transport runs it (Bonawitz et al. 2017, semi-honest setting):
 
-1. *Advertise keys*: every sampled client makes a fresh X25519 key pair; one all-gather
-   gives every rank the round's public keys (32 bytes per client).
-2. *Masked input*: each client that finishes encodes ``[w * v, its tail]`` in fixed point
-   (:class:`fl.secagg.FixedPoint`) and adds its pairwise masks with every other client of
-   the round, including clients on the same rank: the guarantee is per client, not per
-   rank. The hosting rank adds the masked inputs of its clients into one int64 buffer.
-3. *Sum*: one all-reduce of that buffer, modulo 2^48. Beside the masked part travels a
+1. *Advertise keys*: every sampled client makes fresh X25519 key pairs (one for masks, one
+   for encrypting shares); one all-gather gives every rank the round's public keys.
+2. *Share keys* (``recover``): each client splits its mask key and a fresh self-mask seed
+   t-of-n with Shamir's scheme and sends share j, sealed with AES-GCM under a key agreed with
+   cohort member j, through one all-gather. Ranks see only ciphertexts.
+3. *Masked input*: each client that finishes encodes ``[w * v, its tail]`` in fixed point
+   (:class:`fl.secagg.FixedPoint`), adds its pairwise masks with every other client of the
+   round, including clients on the same rank (the guarantee is per client, not per rank),
+   and, with ``recover``, its self mask. The hosting rank adds its clients' masked inputs.
+4. *Sum*: one all-reduce of that int64 buffer, modulo 2^48. Beside the masked part travels a
    clear part: the rank-level counters and one flag per sampled client saying whether it
-   sent, which the server of the paper knows too.
-4. *Unmask*: if every sampled client sent, the masks cancel and the decoded sum is the
-   aggregate. If one did not (dropped, late, or rejected as non-finite or out of range),
-   its masks cannot be removed; the round fails: the global model and server state stay
-   unchanged, the missing clients are named in the log, and the round counts as skipped.
+   sent, which the paper's server knows too.
+5. *Unmask* (``recover``): every surviving client opens the shares sent to it and reveals,
+   for each client of the round, the share of its self-mask seed if that client sent, or of
+   its mask key if it did not, never both. One all-gather; every rank rebuilds the secrets
+   from t shares and removes the self masks of the survivors and the dangling pairwise masks
+   of the missing clients. Without ``recover``, or with fewer than t survivors, a round with a
+   missing client fails: the global model and server state stay unchanged, the missing
+   clients are named in the log, and the round counts as skipped.
 
 Under DP-FedAvg each client also adds its share of the Gaussian noise, so nobody sees the
-noiseless sum. Ranks exchange only masked vectors, public keys and the clear counters.
+noiseless sum. Ranks exchange only masked vectors, public keys, sealed shares, the revealed
+shares and the clear counters.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 
 import torch
 
@@ -30,7 +38,7 @@ from fl.aggregation import _EXTRA, CLIENTS, DROPPED, LATE, REJECTED, STOP, UNCLI
     Aggregator
 from fl.comm import Comm
 from fl.privacy import DPFedAvg
-from fl.secagg import ClientKeys, FixedPoint, ring
+from fl.secagg import ClientKeys, FixedPoint, combine, ring, seal, self_mask, split, unseal
 from fl.strategies.base import Strategy
 from fl.types import ClientUpdate, RoundResult
 
@@ -39,23 +47,48 @@ log = logging.getLogger(__name__)
 
 class SecureSumAggregator(Aggregator):
     """Masked all-reduce of one round (see module docstring). Construct it on every rank
-    before any client trains: the constructor is the key-advertisement collective."""
+    before any client trains: the constructor runs the key-advertisement (and, with
+    ``recover``, the share-keys) collectives."""
 
     def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, cohort: list[int],
                  hosted: list[int], round_idx: int, frac_bits: int, min_clients: int = 1,
-                 privacy: DPFedAvg | None = None) -> None:
+                 privacy: DPFedAvg | None = None, recover: bool = False, threshold: float = 0.5) -> None:
         super().__init__(strategy, comm, dim, device, min_clients, privacy)
-        self.fixed, self.round_idx = FixedPoint(frac_bits), round_idx
-        self.cohort = sorted(cohort)
+        self.fixed, self.round_idx, self.recover = FixedPoint(frac_bits), round_idx, recover
+        self.cohort, self.hosted = sorted(cohort), hosted
         self.slot = {cid: i for i, cid in enumerate(self.cohort)}
-        self.keys = {cid: ClientKeys() for cid in hosted}
+        self.t = min(len(self.cohort), int(threshold * len(self.cohort)) + 1)
+        self.keys = {cid: ClientKeys() for cid in hosted}      # mask keys
+        self.enc = {cid: ClientKeys() for cid in hosted} if recover else {}  # share-encryption keys
+        self.seeds = {cid: secrets.token_bytes(32) for cid in hosted} if recover else {}  # self-mask seeds
         self.publics: dict[int, bytes] = {}
-        for part in comm.all_gather_object({cid: k.public for cid, k in self.keys.items()}):
-            self.publics.update(part)
+        self.enc_publics: dict[int, bytes] = {}
+        for part in comm.all_gather_object({cid: (k.public, self.enc[cid].public if recover else b"")
+                                            for cid, k in self.keys.items()}):
+            for cid, (mask_pub, enc_pub) in part.items():
+                self.publics[cid], self.enc_publics[cid] = mask_pub, enc_pub
+        self.protocol_bytes = (64 if recover else 32) * len(self.publics)
+        self.inbox: dict[tuple[int, int], bytes] = {}
+        if recover:
+            self._share_keys()
         self.length = self.vdim + _EXTRA
         # Clear part: the rank counters (REJECTED, DROPPED, LATE, STOP) and one "sent" flag per client.
         self.buf = torch.zeros(self.length + _EXTRA + len(self.cohort), dtype=torch.int64)
-        self.key_bytes = 32 * len(self.publics) * comm.world_size
+
+    def _share_keys(self) -> None:
+        """Each hosted client splits its mask key and self-mask seed t-of-n and sends share j,
+        encrypted, to cohort member j (its own share it keeps)."""
+        n, out = len(self.cohort), {}
+        for u in self.hosted:
+            s_shares, b_shares = split(self.keys[u].private, n, self.t), split(self.seeds[u], n, self.t)
+            for v, s_share, b_share in zip(self.cohort, s_shares, b_shares, strict=True):
+                payload = s_share.to_bytes(_SHARE, "big") + b_share.to_bytes(_SHARE, "big")
+                out[(u, v)] = payload if u == v else seal(self.enc[u].agree(self.enc_publics[v]), u, v,
+                                                          self.round_idx, payload)
+        for part in self.comm.all_gather_object({k: c for k, c in out.items() if k[0] != k[1]}):
+            self.inbox.update({k: c for k, c in part.items() if k[1] in self.keys})
+            self.protocol_bytes += sum(len(c) for c in part.values())
+        self.inbox.update({k: c for k, c in out.items() if k[0] == k[1]})
 
     def add(self, update: ClientUpdate) -> None:
         out = self._client_vector(update)
@@ -75,10 +108,12 @@ class SecureSumAggregator(Aggregator):
                         len(self.cohort), self.fixed.limit / len(self.cohort))
             self.buf[self.length + REJECTED] += 1
             return
-        masked = ring(self.fixed.encode(x).add_(self.keys[update.client_id].mask(
-            update.client_id, self.publics, self.round_idx, self.length)))
-        ring(self.buf[:self.length].add_(masked))
-        self.buf[self.length + _EXTRA + self.slot[update.client_id]] = 1
+        cid = update.client_id
+        masked = self.fixed.encode(x).add_(self.keys[cid].mask(cid, self.publics, self.round_idx, self.length))
+        if self.recover:
+            masked.add_(self_mask(self.seeds[cid], self.round_idx, self.length))
+        ring(self.buf[:self.length].add_(ring(masked)))
+        self.buf[self.length + _EXTRA + self.slot[cid]] = 1
 
     def drop(self, client_id: int, late: bool = False) -> None:
         self.buf[self.length + (LATE if late else DROPPED)] += 1
@@ -86,20 +121,28 @@ class SecureSumAggregator(Aggregator):
     def finish(self, global_flat: torch.Tensor, round_idx: int, stop: bool = False) -> RoundResult:
         self.buf[self.length + STOP] = int(stop)
         total = self.comm.all_reduce_sum(self.buf.to(self.device)).cpu()
-        nbytes = total.numel() * total.element_size() * self.comm.world_size + self.key_bytes
+        nbytes = total.numel() * total.element_size() * self.comm.world_size + self.protocol_bytes
         counters = total[self.length:self.length + _EXTRA].double()
-        sent = total[self.length + _EXTRA:]
-        missing = [cid for cid, s in zip(self.cohort, sent.tolist(), strict=True) if not s]
+        sent = total[self.length + _EXTRA:].tolist()
+        survivors = [cid for cid, s in zip(self.cohort, sent, strict=True) if s]
+        missing = [cid for cid, s in zip(self.cohort, sent, strict=True) if not s]
+        failed = bool(missing) and (not self.recover or len(survivors) < self.t)
         out = torch.zeros(self.length, dtype=torch.float64)
         fraction = None
-        if missing:
+        if failed:
             if self.comm.is_main:
+                why = (f"only {len(survivors)} sent, fewer than the threshold of {self.t}" if self.recover else
+                       "secagg.dropout=fail")
                 log.warning("round %d: secure aggregation failed: client(s) %s of the %d sampled sent no masked input "
-                            "after key agreement (dropped, late or rejected), so their masks cannot be removed; "
-                            "the global model is unchanged", round_idx + 1, missing, len(self.cohort))
-            out[self.vdim + CLIENTS] = len(self.cohort) - len(missing)
+                            "after key agreement (dropped, late or rejected) and their masks cannot be removed (%s); "
+                            "the global model is unchanged", round_idx + 1, missing, len(self.cohort), why)
+            out[self.vdim + CLIENTS] = len(survivors)
         else:
-            out = self.fixed.decode(ring(total[:self.length]))
+            masked_sum = total[:self.length]
+            if self.recover and survivors:
+                masked_sum = masked_sum - self._unmask(survivors, missing)
+                nbytes += self.reveal_bytes
+            out = self.fixed.decode(ring(masked_sum))
             if self.privacy is not None:
                 fraction = float(out[self.vdim + UNCLIPPED]) / self.privacy.expected_clients
                 out[:self.vdim] /= self.privacy.expected_clients
@@ -108,4 +151,36 @@ class SecureSumAggregator(Aggregator):
         for s in (REJECTED, DROPPED, LATE, STOP):
             out[self.vdim + s] = counters[s]
         result = out.to(device=global_flat.device, dtype=global_flat.dtype)
-        return self._result(round_idx, global_flat, result, nbytes, failed=bool(missing), unclipped_fraction=fraction)
+        return self._result(round_idx, global_flat, result, nbytes, failed=failed, unclipped_fraction=fraction)
+
+    def _unmask(self, survivors: list[int], missing: list[int]) -> torch.Tensor:
+        """Collective: survivors reveal their share of each survivor's self-mask seed and of each
+        missing client's mask key (never both for one client); every rank rebuilds the secrets
+        from ``t`` shares and returns the masks to take out of the sum."""
+        gone = set(missing)
+        reveal = {}
+        for v in (c for c in self.hosted if c in set(survivors)):
+            for u in self.cohort:
+                payload = self.inbox[(u, v)] if u == v else unseal(
+                    self.enc[v].agree(self.enc_publics[u]), u, v, self.round_idx, self.inbox[(u, v)])
+                share = payload[:_SHARE] if u in gone else payload[_SHARE:]
+                reveal[(u, v)] = int.from_bytes(share, "big")
+        revealed: dict[tuple[int, int], int] = {}
+        for part in self.comm.all_gather_object(reveal):
+            revealed.update(part)
+        self.reveal_bytes = _SHARE * len(revealed)
+        correction = torch.zeros(self.length, dtype=torch.int64)
+        helpers = survivors[:self.t]
+        for u in self.cohort:
+            secret = combine({self.slot[v] + 1: revealed[(u, v)] for v in helpers})
+            if u not in gone:
+                ring(correction.add_(self_mask(secret, self.round_idx, self.length)))
+                continue
+            keys = ClientKeys(private=secret)
+            for v in survivors:  # v added +m towards a larger id, -m towards a smaller one
+                m = keys.pair_mask(u, v, self.publics[v], self.round_idx, self.length)
+                ring(correction.add_(m) if v < u else correction.sub_(m))
+        return correction
+
+
+_SHARE = 66  # bytes of one share: an element of the field of 2^521 - 1

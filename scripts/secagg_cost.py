@@ -1,7 +1,9 @@
 """What secure aggregation costs per round: seconds and bytes, with and without masking.
 
-Times the aggregation step of one round alone (key advertisement, encoding, masking, the
-all-reduce, decoding), at a few model sizes and cohort sizes, with ``--nproc`` gloo ranks
+Times the aggregation step of one round alone (key advertisement, share exchange, encoding,
+masking, the all-reduce, unmasking, decoding), at a few model sizes and cohort sizes, for
+plain FedAvg, masking without recovery (``secagg.dropout=fail``), masking with recovery
+(``recover``, the default), and recovery with 10% of the cohort dropped, with ``--nproc`` gloo ranks
 under torchrun; the clients' updates are random vectors made before the clock starts, so
 local training, identical in both settings, is left out. Bytes are what each rank puts
 into the collectives, summed over ranks (as the ``comm_bytes`` metric counts them).
@@ -34,7 +36,10 @@ def parse() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def one_round(masked: bool, dim: int, cohort: list[int], comm, updates) -> tuple[float, int]:
+MODES = ("plain", "fail", "recover", "recover, 10% dropped")
+
+
+def one_round(mode: str, dim: int, cohort: list[int], comm, updates) -> tuple[float, int]:
     import torch
 
     from fl.aggregation import SumAggregator
@@ -45,12 +50,13 @@ def one_round(masked: bool, dim: int, cohort: list[int], comm, updates) -> tuple
     hosted = [c for c in cohort if c % comm.world_size == comm.rank]
     comm.barrier()
     t0 = time.perf_counter()
-    if masked:
-        agg = SecureSumAggregator(FedAvg(), comm, dim, cpu, cohort, hosted, 0, 20)
-    else:
+    if mode == "plain":
         agg = SumAggregator(FedAvg(), comm, dim, cpu)
+    else:
+        agg = SecureSumAggregator(FedAvg(), comm, dim, cpu, cohort, hosted, 0, 20, recover=mode != "fail")
+    dropped = set(cohort[::10]) if "dropped" in mode else set()
     for cid in hosted:
-        agg.add(updates[cid])
+        agg.drop(cid) if cid in dropped else agg.add(updates[cid])
     result = agg.finish(torch.zeros(dim), 0)
     return time.perf_counter() - t0, result.comm_bytes
 
@@ -74,17 +80,18 @@ def worker(args: argparse.Namespace) -> None:
                 updates = {c: ClientUpdate(c, torch.randn(dim, generator=g) * 0.01, 100, torch.tensor(1.0), 100, 1)
                            for c in cohort if c % env.world_size == env.rank}
                 cell = {}
-                for masked in (False, True):
-                    runs = [one_round(masked, dim, cohort, comm, updates) for _ in range(args.repeats)]
-                    cell[masked] = (statistics.median(s for s, _ in runs), runs[0][1])
+                for mode in MODES:
+                    runs = [one_round(mode, dim, cohort, comm, updates) for _ in range(args.repeats)]
+                    cell[mode] = (statistics.median(s for s, _ in runs), runs[0][1])
                 rows.append((dim, n, cell))
         if comm.is_main:
             print(f"\n{env.world_size} gloo ranks, {os.cpu_count()} cores, median of {args.repeats} rounds\n")
-            print("| model size | clients/round | plain s | masked s | plain MB | masked MB |")
-            print("|---:|---:|---:|---:|---:|---:|")
+            print("| model size | clients/round | " + " | ".join(f"{m} s" for m in MODES) + " | "
+                  + " | ".join(f"{m} MB" for m in MODES) + " |")
+            print("|---:" * (2 + 2 * len(MODES)) + "|")
             for dim, n, cell in rows:
-                (ps, pb), (ms, mb) = cell[False], cell[True]
-                print(f"| {dim:,} | {n} | {ps:.4f} | {ms:.3f} | {pb / 1e6:.2f} | {mb / 1e6:.2f} |")
+                print(f"| {dim:,} | {n} | " + " | ".join(f"{cell[m][0]:.3f}" for m in MODES) + " | "
+                      + " | ".join(f"{cell[m][1] / 1e6:.2f}" for m in MODES) + " |")
 
 
 def main() -> None:

@@ -128,37 +128,57 @@ class RecordingComm(Comm):
         return super().all_gather_object(obj)
 
 
-def _two_rank_round(rank: int, world_size: int, init_method: str, dim: int) -> dict:
-    """Rank r hosts clients r, r+2, r+4; returns what it sent, its plain sum and the result."""
+def _two_rank_round(rank: int, world_size: int, init_method: str, dim: int, recover: bool, dropped: int | None
+                    ) -> dict:
+    """Rank r hosts clients r, r+2, r+4 (``dropped`` sends nothing); returns what it sent,
+    its clients' plain weighted sum and the result."""
     from fl.runtime import DistEnv, process_group
 
     with process_group(DistEnv(rank, world_size, rank), CPU, "gloo", 60, init_method):
         comm = RecordingComm(rank, world_size, CPU)
         cohort, hosted = list(range(6)), [c for c in range(6) if c % 2 == rank]
-        agg = SecureSumAggregator(FedAvg(), comm, dim, CPU, cohort, hosted, 0, 20)
+        agg = SecureSumAggregator(FedAvg(), comm, dim, CPU, cohort, hosted, 0, 20, recover=recover)
         plain = torch.zeros(dim, dtype=torch.float64)
         for cid in hosted:
+            if cid == dropped:
+                agg.drop(cid)
+                continue
             u = _update(cid, dim)
             plain += u.delta.double() * u.num_samples
             agg.add(u)
         result = agg.finish(torch.zeros(dim), 0)
-        return {"sent": comm.sent, "objects": comm.objects, "plain": plain, "model": result.new_global}
+        return {"sent": comm.sent, "objects": comm.objects, "plain": plain, "model": result.new_global,
+                "skipped": result.skipped, "clients": result.num_clients}
 
 
-def test_ranks_exchange_only_masked_vectors_and_public_keys(tmp_path):
+def _plain_mean(clients) -> torch.Tensor:
+    updates = [_update(c, 20_000) for c in clients]
+    return sum(u.delta.double() * u.num_samples for u in updates) / sum(u.num_samples for u in updates)
+
+
+@pytest.mark.parametrize("recover, dropped", [(False, None), (True, None), (True, 3)])
+def test_ranks_exchange_only_masked_vectors_keys_and_encrypted_shares(tmp_path, recover, dropped):
     dim = 20_000
-    out = fork_ranks(2, _two_rank_round, tmp_path, dim)
-    expected = sum(_update(c, dim).delta.double() * _update(c, dim).num_samples for c in range(6))
-    expected /= sum(_update(c, dim).num_samples for c in range(6))
-    for r in out:
+    out = fork_ranks(2, _two_rank_round, tmp_path, dim, recover, dropped)
+    expected = _plain_mean([c for c in range(6) if c != dropped])
+    for rank, r in enumerate(out):
         ops = r["sent"]
         assert [(op, t.dtype) for op, t in ops] == [("all_reduce", torch.int64)], "one integer all-reduce, no floats"
         contribution = ops[0][1][:dim].double() / MODULUS
         corr = float(torch.corrcoef(torch.stack([contribution, r["plain"]]))[0, 1])
         assert abs(corr) < 0.05, f"a rank's contribution correlates with its clients' sum: {corr}"
-        assert all(set(map(type, o.values())) == {bytes} and all(len(b) == 32 for b in o.values())
-                   for o in r["objects"]), "only 32-byte public keys travel besides the masked sum"
+        keys, *rest = r["objects"]
+        assert all(len(k) == 32 and len(e) == (32 if recover else 0) for k, e in keys.values()), "public keys only"
+        if recover:
+            shares, reveal = rest
+            assert {u for u, _ in shares} == {c for c in range(6) if c % 2 == rank}
+            assert all(len(c) == 2 * 66 + 16 for c in shares.values()), "AES-GCM sealed shares"
+            # a survivor reveals, per client, the share of the self-mask seed or of the mask key, never both
+            assert len(reveal) == len({(u, v) for u, v in reveal}) and {v for _, v in reveal} <= set(range(6))
+        else:
+            assert rest == []
         torch.testing.assert_close(r["model"].double(), expected, rtol=0, atol=1e-5)
+        assert not r["skipped"] and r["clients"] == 6 - (dropped is not None)
     assert torch.equal(out[0]["model"], out[1]["model"])
 
 
@@ -179,11 +199,11 @@ def test_runs_match_plain_fedavg_and_are_world_size_invariant(tmp_path):
         torch.testing.assert_close(models[1][k], ref[k], rtol=0, atol=1e-4)
 
 
-def test_dropouts_fail_their_rounds_and_the_run_goes_on(tmp_path):
+def test_with_dropout_fail_dropouts_fail_their_rounds_and_the_run_goes_on(tmp_path):
     import json
 
     run_dir = tmp_path / "drop"
-    cfg = make_cfg(*SECAGG_RUN, "fl.dropout_rate=0.2", "fl.rounds=6", "fl.eval_every=1")
+    cfg = make_cfg(*SECAGG_RUN, "secagg.dropout=fail", "fl.dropout_rate=0.2", "fl.rounds=6", "fl.eval_every=1")
     fork_ranks(2, run_job, tmp_path, cfg, run_dir)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     failed = [r["round"] for r in rows if r["skipped"]]
@@ -214,3 +234,72 @@ def test_bad_secagg_settings_name_the_key():
         validate(make_cfg("secagg=masking", "secagg.frac_bits=50"), 1)
     with pytest.raises(ConfigError, match=r"secagg.name='shamir' is invalid: must be one of none, masking"):
         validate(make_cfg("secagg=masking", "secagg.name=shamir"), 1)
+    with pytest.raises(ConfigError, match=r"secagg.dropout='ignore' is invalid: must be one of recover, fail"):
+        validate(make_cfg("secagg=masking", "secagg.dropout=ignore"), 1)
+
+
+def test_shamir_any_t_shares_rebuild_the_secret_and_fewer_do_not():
+    import itertools
+    import secrets
+
+    from fl.secagg import combine, split
+
+    secret = secrets.token_bytes(32)
+    shares = split(secret, 6, 3)
+    for xs in itertools.combinations(range(1, 7), 3):
+        assert combine({x: shares[x - 1] for x in xs}) == secret
+    with pytest.raises(ValueError, match="fewer than t"):
+        combine({1: shares[0], 2: shares[1]})
+
+
+def test_sealed_shares_open_only_for_their_receiver_and_detect_tampering():
+    from cryptography.exceptions import InvalidTag
+
+    from fl.secagg import seal, unseal
+
+    a, b, c = ClientKeys(), ClientKeys(), ClientKeys()
+    sealed = seal(a.agree(b.public), 1, 2, 5, b"share")
+    assert unseal(b.agree(a.public), 1, 2, 5, sealed) == b"share"
+    for key, args in ((c.agree(a.public), (1, 2, 5)), (b.agree(a.public), (2, 1, 5)), (b.agree(a.public), (1, 2, 6))):
+        with pytest.raises(InvalidTag):
+            unseal(key, *args, sealed)
+    with pytest.raises(InvalidTag):
+        unseal(b.agree(a.public), 1, 2, 5, sealed[:-1] + bytes([sealed[-1] ^ 1]))
+
+
+def test_recovery_removes_the_masks_of_dropped_clients_down_to_the_threshold():
+    dim, cohort = 64, list(range(7))  # threshold 0.5: floor(3.5) + 1 = 4 shares needed
+    for dropped in ([5], [0, 3, 6]):
+        secure = SecureSumAggregator(FedAvg(), Comm(0, 1, CPU), dim, CPU, cohort, cohort, 2, 20, recover=True)
+        plain = SumAggregator(FedAvg(), Comm(0, 1, CPU), dim, CPU)
+        for cid in cohort:
+            if cid in dropped:
+                secure.drop(cid)
+                plain.drop(cid)
+            else:
+                secure.add(_update(cid, dim))
+                plain.add(_update(cid, dim))
+        a, b = plain.finish(torch.zeros(dim), 2), secure.finish(torch.zeros(dim), 2)
+        assert not b.skipped and b.num_clients == 7 - len(dropped) and b.dropped == len(dropped)
+        torch.testing.assert_close(b.new_global, a.new_global, rtol=0, atol=1e-6)
+    secure = SecureSumAggregator(FedAvg(), Comm(0, 1, CPU), dim, CPU, cohort, cohort, 2, 20, recover=True)
+    for cid in cohort:
+        secure.add(_update(cid, dim)) if cid < 3 else secure.drop(cid)
+    result = secure.finish(torch.ones(dim), 2)
+    assert result.skipped and torch.equal(result.new_global, torch.ones(dim)), "3 survivors < threshold 4: fails"
+
+
+def test_with_recovery_dropouts_cost_nothing_but_their_updates(tmp_path):
+    import json
+
+    runs = {}
+    for secagg in ("none", "masking"):
+        run_dir = tmp_path / secagg
+        fork_ranks(2, run_job, tmp_path, make_cfg(*SECAGG_RUN, f"secagg={secagg}", "fl.dropout_rate=0.2",
+                                                  "fl.rounds=6", "fl.eval_every=1"), run_dir)
+        runs[secagg] = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["dropped"] for r in runs["masking"]) and not any(r["skipped"] for r in runs["masking"])
+    assert [r["clients"] for r in runs["masking"]] == [r["clients"] for r in runs["none"]]
+    a, b = (torch.load(tmp_path / s / "final_model.pt", weights_only=True) for s in ("none", "masking"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-4)
