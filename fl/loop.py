@@ -250,9 +250,11 @@ class Rounds:
     def _check_local_budget(self) -> None:
         """Refuse (on every rank alike) a run in which some client would spend more than the target."""
         target = self.cfg.privacy.target_epsilon
+        if target is None:
+            return
         worst, cid = self._local_dp_replay(range(int(self.cfg.fl.rounds))).worst()
         overall = self.comm.all_reduce_max(worst)
-        if target is not None and overall > target:
+        if overall > target:
             who = f"client {cid}" if worst == overall else "a client on another rank"
             raise ConfigError("privacy.target_epsilon", target,
                               f"over fl.rounds={self.cfg.fl.rounds} {who} would spend epsilon={overall:.3g} at "
