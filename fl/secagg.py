@@ -151,15 +151,16 @@ def combine(points: dict[int, int], size: int = 32) -> bytes:
 
 def seal(key: bytes, sender: int, receiver: int, round_idx: int, plaintext: bytes) -> bytes:
     """Authenticated encryption of a share for one receiver (AES-256-GCM; the nonce names the direction)."""
-    aes = AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                      info=f"fl secagg shares round={round_idx}".encode()).derive(key))
-    return aes.encrypt(_nonce(sender, receiver), plaintext, None)
+    return _share_cipher(key, round_idx).encrypt(_nonce(sender, receiver), plaintext, None)
 
 
 def unseal(key: bytes, sender: int, receiver: int, round_idx: int, ciphertext: bytes) -> bytes:
-    aes = AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                      info=f"fl secagg shares round={round_idx}".encode()).derive(key))
-    return aes.decrypt(_nonce(sender, receiver), ciphertext, None)
+    return _share_cipher(key, round_idx).decrypt(_nonce(sender, receiver), ciphertext, None)
+
+
+def _share_cipher(key: bytes, round_idx: int) -> AESGCM:
+    return AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                       info=f"fl secagg shares round={round_idx}".encode()).derive(key))
 
 
 def _nonce(sender: int, receiver: int) -> bytes:

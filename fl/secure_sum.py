@@ -157,9 +157,9 @@ class SecureSumAggregator(Aggregator):
         """Collective: survivors reveal their share of each survivor's self-mask seed and of each
         missing client's mask key (never both for one client); every rank rebuilds the secrets
         from ``t`` shares and returns the masks to take out of the sum."""
-        gone = set(missing)
+        gone, alive = set(missing), set(survivors)
         reveal = {}
-        for v in (c for c in self.hosted if c in set(survivors)):
+        for v in (c for c in self.hosted if c in alive):
             for u in self.cohort:
                 payload = self.inbox[(u, v)] if u == v else unseal(
                     self.enc[v].agree(self.enc_publics[u]), u, v, self.round_idx, self.inbox[(u, v)])
