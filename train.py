@@ -2,48 +2,18 @@
 
     torchrun --standalone --nproc_per_node=2 train.py [hydra overrides]
     python train.py [hydra overrides]            # world size 1, no process group
+    python train.py -m strategy=fedavg,fedprox   # a sweep: every point checked before the first runs
+
+The package does the work: :func:`fl.cli.main` checks every job, runs it through Hydra and
+turns a user's mistake into one line and exit status 2 (see ``fl/cli.py``).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
-
-from fl.comm import CollectiveError
-from fl.errors import ConfigError
-from fl.loop import run
-from fl.preemption import EXIT_PREEMPTED
-from fl.rundir import elastic_run_dir
-from fl.runtime import report_to_launcher
-
-# Only rank 0 keeps Hydra's .hydra/ folder (resolved config, overrides): the other ranks
-# would otherwise create their own run directories when their ${now:} differs.
-OmegaConf.register_new_resolver("fl_rank0_only", lambda value: value if os.environ.get("RANK", "0") == "0" else None)
-# A restarted torchrun attempt (--max-restarts) goes back to the first attempt's run directory.
-OmegaConf.register_new_resolver("fl_run_dir", elastic_run_dir)
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    try:
-        summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except ConfigError as e:  # a user mistake: one line, no traceback, exit status 2
-        logging.getLogger("fl").error("%s", e)
-        report_to_launcher(f"{type(e).__name__}: {e}")
-        sys.exit(2)
-    except CollectiveError as e:  # another rank died or hangs: name this rank and the operation
-        logging.getLogger("fl").error("%s", e)
-        report_to_launcher(f"{type(e).__name__}: {e}")
-        sys.exit(1)
-    if summary["status"] == "preempted":  # checkpoint written: requeue and run again to continue
-        sys.exit(EXIT_PREEMPTED)
-
+from fl.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(config_dir=str(Path(__file__).resolve().parent / "conf")))

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fl.attacks import Attack, malicious_clients
 from fl.cohort import home_rank
 from fl.comm import Comm
+from fl.components import instantiate_component
 from fl.data import datasets, folder
 from fl.data.datasets import DatasetSpec, TensorData
 from fl.data.federation import (ClientShard, partition_indices, simulated_clients, site_client, summary,
@@ -29,7 +29,8 @@ from fl.flat import FlatModel
 from fl.models import build_model
 from fl.seeding import derive_seed
 from fl.strategies.base import Strategy
-from fl.types import OptimizerFactory
+from fl.runtime import resolve_backend, resolve_device
+from fl.types import OptimizerFactory, StrategyContext
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,25 @@ def build_federation(cfg: DictConfig, comm: Comm, device: torch.device) -> Feder
     groups = int(cfg.partition.get("label_groups", 1))
     shards = simulated_clients(train, parts, cfg.fl.holdout_fraction, cfg.seed)
     shards = dict(enumerate(with_label_groups(shards, groups, spec.num_classes)))
+    _check_client_sizes(cfg, shards, len(train))
     return Federation(spec, shards, test, False, summary(shards, spec.num_classes, groups))
+
+
+def _check_client_sizes(cfg: DictConfig, shards: dict[int, ClientShard], dataset_size: int | None) -> None:
+    """Refuse a federation with a client below ``fl.min_client_samples`` training samples (e.g. far more
+    clients than samples), naming the client, ``fl.num_clients`` and the dataset size."""
+    need = int(cfg.fl.min_client_samples)
+    small = [c for c, s in shards.items() if s.num_train < need]
+    if not small:
+        return
+    c = small[0]
+    if dataset_size is None:  # a site's own data
+        raise ConfigError("data.root", str(cfg.data.root), f"client {c}'s site has {shards[c].num_train} training "
+                          f"samples, fewer than fl.min_client_samples={need}")
+    raise ConfigError("fl.num_clients", int(cfg.fl.num_clients),
+                      f"leaves {len(small)} client(s) with fewer than fl.min_client_samples={need} training samples "
+                      f"(client {c} has {shards[c].num_train}; the dataset has {dataset_size} training samples and "
+                      f"fl.holdout_fraction={cfg.fl.holdout_fraction}); lower fl.num_clients or change the partition")
 
 
 def _build_sites(cfg: DictConfig, comm: Comm, device: torch.device) -> Federation:
@@ -84,6 +103,7 @@ def _build_sites(cfg: DictConfig, comm: Comm, device: torch.device) -> Federatio
     for c in mine:
         data = folder.load_folder(folder.site_path(str(d.root), c), classes, shape[1], shape[0]).to(device)
         shards[c] = site_client(data, cfg.fl.holdout_fraction, cfg.seed, c)
+    _check_client_sizes(cfg, shards, None)
     test = None
     if d.test_root is not None:
         test = folder.load_folder(folder.Path(str(d.test_root)), classes, shape[1], shape[0]).to(device)
@@ -103,9 +123,12 @@ def build_flat_model(cfg: DictConfig, spec: DatasetSpec, device: torch.device) -
 
 def build_optimizer_factory(cfg: DictConfig) -> OptimizerFactory:
     """``optim`` is a Hydra partial (``_target_`` + ``_partial_: true``); check it builds now."""
-    factory = instantiate(cfg.optim)
+    if cfg.optim.get("_partial_") is not True:
+        raise ConfigError("optim._partial_", cfg.optim.get("_partial_"), "must be true: the optimizer is built "
+                          "per client from its parameters")
+    factory = instantiate_component("optim", cfg.optim)
     if not isinstance(factory, partial):
-        raise ConfigError("optim._partial_", cfg.optim.get("_partial_"), "must be true")
+        raise ConfigError("optim._target_", cfg.optim.get("_target_"), "must name an optimizer class")
     try:
         factory([torch.nn.Parameter(torch.zeros(1))])
     except (TypeError, ValueError) as e:
@@ -156,9 +179,41 @@ def check_secagg(cfg: DictConfig, strategy: Strategy, transport: str) -> None:
 
 def build_strategy(cfg: DictConfig) -> tuple[Strategy, str]:
     """The strategy object and the requested transport (``strategy.transport``)."""
-    params = OmegaConf.to_container(cfg.strategy, resolve=True)
-    transport = params.pop("transport")  # type: ignore[union-attr]
-    strategy = instantiate(params)
+    strategy = instantiate_component("strategy", cfg.strategy, skip=("transport",))
     if not isinstance(strategy, Strategy):
-        raise ConfigError("strategy._target_", params.get("_target_"), "must name a fl.strategies.Strategy")  # type: ignore[union-attr]
-    return strategy, transport
+        raise ConfigError("strategy._target_", cfg.strategy.get("_target_"), "must name a fl.strategies.Strategy")
+    return strategy, str(cfg.strategy.transport)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a job needs before its process group exists: checked components and where to run."""
+
+    strategy: Strategy
+    transport: str
+    make_optimizer: OptimizerFactory
+    device: torch.device
+    backend: str
+
+
+def prepare(cfg: DictConfig, world_size: int, rank: int = 0, local_rank: int = 0) -> Job:
+    """Validate ``cfg`` for this rank and build the cheap components; refuse impossible combinations.
+
+    Raises :class:`ConfigError` before any work: no process group, no data, no files. The
+    command line runs it for every point of a sweep before the first one trains.
+    """
+    from fl.aggregation import choose_transport
+    from fl.config import validate
+
+    validate(cfg, world_size, rank)
+    device = resolve_device(cfg.runtime.device, local_rank)
+    backend = resolve_backend(cfg.runtime.backend, device)
+    strategy, requested = build_strategy(cfg)
+    transport = choose_transport(requested, strategy)
+    build_privacy(cfg, strategy, transport, 1)  # the checks that involve two components
+    check_secagg(cfg, strategy, transport)
+    build_local_dp(cfg, strategy)
+    make_optimizer = build_optimizer_factory(cfg)
+    strategy.check(StrategyContext(int(cfg.fl.num_clients), int(cfg.fl.clients_per_round), make_optimizer,
+                                   int(cfg.seed)))
+    return Job(strategy, transport, make_optimizer, device, backend)

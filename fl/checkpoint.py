@@ -21,6 +21,9 @@ from typing import Any
 
 import torch
 
+from fl.errors import ConfigError
+from fl.records import write_text
+
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^round_(\d{6})\.pt$")
@@ -46,7 +49,7 @@ def save(folder: Path, round_num: int, payload: dict[str, Any], keep: int) -> Pa
         torch.save(payload, f)
         f.flush()
         os.fsync(f.fileno())
-    _write_atomic(_digest_path(final), _sha256(tmp) + "\n")
+    write_text(_digest_path(final), _sha256(tmp) + "\n")
     os.replace(tmp, final)
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink()
@@ -64,15 +67,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _verify(path: Path) -> None:
@@ -98,8 +92,10 @@ def load_latest(folder: Path) -> dict[str, Any] | None:
         except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, and said so
             log.warning("checkpoint %s is unreadable (%s); trying an older one", path.name, e)
             continue
-        log.info("resuming from %s (round %d)", path.name, state["round"])
+        state["file"] = path.name
         return state
     if paths:
-        raise RuntimeError(f"no readable checkpoint in {folder} ({len(paths)} files); refusing to start over")
+        raise ConfigError("hydra.run.dir", str(folder.parent), f"holds {len(paths)} checkpoint(s) in checkpoints/ and "
+                          "none is readable (see the warnings above); refusing to start over on top of them: move "
+                          "them away to start afresh, or use a new run dir")
     return None

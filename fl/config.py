@@ -90,6 +90,7 @@ def validate(cfg: DictConfig, world_size: int, rank: int = 0) -> None:
     if cfg.fl.eval_clients is not None and cfg.fl.holdout_fraction == 0:
         log.warning("fl.eval_clients=%d has no effect: fl.holdout_fraction=0 leaves no held-out data",
                     cfg.fl.eval_clients)
+    _int(cfg, "fl.min_client_samples", 1)
     _int(cfg, "fl.checkpoint_every", 0)
     _int(cfg, "fl.keep_checkpoints", 1)
     hf = cfg.fl.holdout_fraction
@@ -266,5 +267,7 @@ def _validate_data(cfg: DictConfig, num_clients: int, world_size: int, rank: int
         _choice(cfg, "data.channels", (1, 3))
         hosted = [c for c in range(num_clients) if c % world_size == rank]
         folder.check_sites(str(d.root), hosted)
-        if d.test_root is not None and not Path(str(d.test_root)).is_dir():
-            raise ConfigError("data.test_root", d.test_root, "must be a folder of class folders (or null)")
+        if d.test_root is not None:
+            if not Path(str(d.test_root)).is_dir():
+                raise ConfigError("data.test_root", d.test_root, "must be a folder of class folders (or null)")
+            folder.check_class_folders(Path(str(d.test_root)), key="data.test_root")

@@ -16,98 +16,110 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import fl
-from fl import checkpoint, evaluation
-from fl.aggregation import choose_transport, make_aggregator
-from fl.build import Federation, build_attack, build_federation, build_flat_model, build_optimizer_factory, \
-    build_local_dp, build_privacy, build_strategy, check_secagg
+from fl import checkpoint, evaluation, rundir
+from fl.aggregation import make_aggregator
+from fl.build import Federation, Job, build_attack, build_federation, build_flat_model, build_local_dp, \
+    build_privacy, prepare
 from fl.client import local_train
 from fl.client_store import ClientStore
 from fl.cohort import assign, client_epochs, drops_out, local_steps, sample_cohort, slowdown
 from fl.comm import Comm
-from fl.config import dp_epsilon, validate
+from fl.config import dp_epsilon
 from fl.errors import ConfigError
 from fl.flat import FlatModel
 from fl.local_dp import LocalAccountant, unsupported_layers
 from fl.logs import setup_logging
 from fl.metrics import MetricsSink, NullSink
 from fl.preemption import StopRequest
-from fl.rundir import agree_run_dir
-from fl.runtime import DistEnv, process_group, resolve_backend, resolve_device
+from fl.records import save_torch, write_json
+from fl.resume import Resume, decide, fingerprint
+from fl.rundir import Existing, agree_run_dir
+from fl.runtime import DistEnv, process_group
 from fl.secure_sum import SecureSumAggregator
 from fl.strategies.base import Strategy
-from fl.types import ClientTask, LocalTraining, OptimizerFactory, RoundResult, StrategyContext
+from fl.types import ClientTask, LocalTraining, OptimizerFactory, RoundResult
 
 log = logging.getLogger(__name__)
 
-# Keys whose change would make a resumed run differ from the run that wrote the checkpoint.
-FINGERPRINT_KEYS = ("seed", "data", "partition", "model", "optim", "strategy", "train.batch_size",
-                    "fl.num_clients", "fl.clients_per_round", "fl.local_epochs", "fl.local_epochs_max", "fl.local_steps",
-                    "fl.holdout_fraction", "personalization", "attack", "fl.dropout_rate",
-                    "fl.client_slowdown_max", "fl.round_deadline", "fl.min_clients_per_round", "privacy", "secagg")
-
-
-_NOT_RESULT_AFFECTING = ("root", "download", "on_device")  # where data lives, not what it is
-
-
-def fingerprint(cfg: DictConfig) -> dict:
-    out = {}
-    for k in FINGERPRINT_KEYS:
-        node = OmegaConf.select(cfg, k)
-        value = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-        if k == "data":
-            value = {key: v for key, v in value.items() if key not in _NOT_RESULT_AFFECTING}
-        out[k] = value
-    return out
-
-
-def run(cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, init_method: str | None = None) -> dict:
+def run(cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, init_method: str | None = None,
+        hydra_files: dict[str, str] | None = None) -> dict:
     """Run the federated job on this rank; returns the run summary (also in ``run.json``).
 
     Raises :class:`ConfigError` before any work (and before the process group exists)
-    when the config is invalid.
+    when the config is invalid. Nothing is written into ``run_dir`` until the job is known to
+    be allowed there: a refused resume, a finished run run again or a data error leave every
+    file as it was, and a job that fails before its first round in a new directory removes it.
+    ``hydra_files`` (name -> YAML text) are written to ``run_dir/.hydra`` at that point.
     """
     env = env or DistEnv.from_environ()
     setup_logging(env.rank, cfg.runtime.log_level)
-    validate(cfg, env.world_size, env.rank)
-    device = resolve_device(cfg.runtime.device, env.local_rank)
-    backend = resolve_backend(cfg.runtime.backend, device)
-    strategy, requested = build_strategy(cfg)
-    transport = choose_transport(requested, strategy)
-    build_privacy(cfg, strategy, transport, 1)  # refuse impossible combinations before any work
-    check_secagg(cfg, strategy, transport)
-    build_local_dp(cfg, strategy)
-    make_optimizer = build_optimizer_factory(cfg)
-    strategy.check(StrategyContext(int(cfg.fl.num_clients), int(cfg.fl.clients_per_round), make_optimizer,
-                                   int(cfg.seed)))
-    with process_group(env, device, backend, float(cfg.runtime.timeout_s), init_method), StopRequest() as stop:
-        comm = Comm(env.rank, env.world_size, device, float(cfg.runtime.timeout_s))
+    job = prepare(cfg, env.world_size, env.rank, env.local_rank)
+    with process_group(env, job.device, job.backend, float(cfg.runtime.timeout_s), init_method), \
+            StopRequest() as stop:
+        comm = Comm(env.rank, env.world_size, job.device, float(cfg.runtime.timeout_s))
         run_dir = agree_run_dir(comm, run_dir)
-        if comm.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        setup_logging(env.rank, cfg.runtime.log_level, run_dir / "train.log" if comm.is_main else None)
-        info = _run_info(cfg, comm, backend, device, transport)
-        _write_json(comm, run_dir / "run.json", {**info, "status": "running"})
+        existing: Existing = comm.broadcast_object(rundir.inspect(run_dir) if comm.is_main else None)
         try:
-            fed = build_federation(cfg, comm, device)
-            fm = build_flat_model(cfg, fed.spec, device)
-            strategy.on_model(fm)
-            if cfg.privacy.name == "dp_sgd_local" and (problems := unsupported_layers(fm.module)):
-                raise ConfigError("model", cfg.model.name, f"privacy=dp_sgd_local cannot train it: {problems[0]}")
-            _write_json(comm, run_dir / "partition.json", fed.summary)
-            summary = Rounds(cfg, comm, fed, fm, strategy, transport, make_optimizer, run_dir, stop).run()
-        except BaseException as e:
-            _write_json(comm, run_dir / "run.json", {**info, "status": f"failed: {type(e).__name__}: {e}",
-                                                     "end_time": _now()})
+            rounds = _set_up(cfg, comm, job, run_dir, existing, stop)
+        except BaseException:
+            if comm.is_main and existing.fresh:
+                rundir.remove_fresh(run_dir)
             raise
-        status = "preempted" if summary.pop("preempted", False) else "completed"
+        if rounds.resume.complete:
+            return _already_complete(comm, run_dir, existing)
+        info = _run_info(cfg, comm, job)
+        if comm.is_main:
+            setup_logging(env.rank, cfg.runtime.log_level, run_dir / "train.log")
+            rundir.write_hydra_files(run_dir, hydra_files or {})
+            write_json(run_dir / "run.json", {**info, "status": "running"})
+            write_json(run_dir / "partition.json", rounds.fed.summary)
+        try:
+            summary = rounds.run()
+        except BaseException as e:
+            if comm.is_main:
+                status = ("interrupted: stopped at once, the round in flight abandoned" if isinstance(e, KeyboardInterrupt)
+                          else f"failed: {type(e).__name__}: {e}")
+                write_json(run_dir / "run.json", {**info, "status": status, "end_time": _now()})
+            raise
+        status = "completed"
+        if summary.pop("preempted", False):
+            status = "interrupted" if stop.interrupted else "preempted"
         summary = {**info, **summary, "status": status, "end_time": _now()}
-        _write_json(comm, run_dir / "run.json", summary)
+        if comm.is_main:
+            write_json(run_dir / "run.json", summary)
         return summary
+
+
+def _set_up(cfg: DictConfig, comm: Comm, job: Job, run_dir: Path, existing: Existing, stop: StopRequest) -> "Rounds":
+    """Everything that can refuse the job (data, model, resume), before anything is written."""
+    fed = build_federation(cfg, comm, job.device)
+    fm = build_flat_model(cfg, fed.spec, job.device)
+    job.strategy.on_model(fm)
+    if cfg.privacy.name == "dp_sgd_local" and (problems := unsupported_layers(fm.module)):
+        raise ConfigError("model", cfg.model.name, f"privacy=dp_sgd_local cannot train it: {problems[0]}")
+    rounds = Rounds(cfg, comm, fed, fm, job.strategy, job.transport, job.make_optimizer, run_dir, stop)
+    rounds.set_up(existing)
+    return rounds
+
+
+def _already_complete(comm: Comm, run_dir: Path, existing: Existing) -> dict:
+    """A finished run run again: say so, show its final metrics, touch nothing."""
+    info = dict(existing.info or {})
+    final = info.get("final") or {}
+    shown = " ".join(f"{k}={v:.4f}" for k, v in final.items() if k in _SUMMARY_KEYS and isinstance(v, float))
+    if comm.is_main:
+        log.info("%s is already complete (%s rounds, finished %s)%s; nothing to do. Raise fl.rounds to continue it, "
+                 "or use a new run dir", run_dir, info.get("rounds"), info.get("end_time", "?"),
+                 f": {shown}" if shown else "")
+    return {**info, "already_complete": True}
+
+
+_SUMMARY_KEYS = ("train_loss", "test_loss", "test_accuracy", "client_accuracy_mean", "client_accuracy_p10")
 
 
 class Rounds:
@@ -127,13 +139,19 @@ class Rounds:
         self.local_dp = build_local_dp(cfg, strategy)
         self.accountant: LocalAccountant | None = None
         self.store = ClientStore(run_dir / "client_state", int(cfg.fl.checkpoint_every), int(cfg.fl.keep_checkpoints))
+        self.resume = Resume(0)
+        self.global_flat = fm.flat.detach().clone()
+
+    def set_up(self, existing: Existing) -> None:
+        """Collective, before anything is written: the resume decision (may refuse) and the DP budget."""
+        self.resume, self.global_flat = self._resume(existing)
+        if self.local_dp is not None and not self.resume.complete:
+            self._check_local_budget()
+            self.accountant = self._local_dp_replay(range(self.resume.start))
 
     def run(self) -> dict:
         cfg, comm = self.cfg, self.comm
-        start, global_flat = self._resume()
-        if self.local_dp is not None:
-            self._check_local_budget()
-            self.accountant = self._local_dp_replay(range(start))
+        start, global_flat = self.resume.start, self.global_flat
         rounds = int(cfg.fl.rounds)
         sink = MetricsSink(self.run_dir, start) if comm.is_main else NullSink()
         train_s = eval_s = train_cpu_s = 0.0
@@ -154,6 +172,8 @@ class Rounds:
                         metrics.update(self._evaluate(rnd, global_flat))
                     t_eval, cpu_eval = time.perf_counter() - t_eval, time.process_time() - cpu_eval
                     metrics["round_s"] = time.perf_counter() - t0 - t_eval
+                    if evaluated:
+                        metrics["eval_s"] = t_eval
                     sink.log_round(rnd + 1, metrics, evaluated)
                     if result.stop or (cfg.fl.checkpoint_every and ((rnd + 1) % cfg.fl.checkpoint_every == 0
                                                                     or rnd + 1 == rounds)):
@@ -177,8 +197,10 @@ class Rounds:
         done = rnd + 1 - start if preempted else rounds - start
         if comm.is_main and not preempted:
             self.fm.load_(global_flat)
-            torch.save(self.fm.state_dict(), self.run_dir / "final_model.pt")
+            save_torch(self.run_dir / "final_model.pt", self.fm.state_dict())
             self.strategy.save_outputs(self.fm, self.run_dir)
+        if not last and comm.is_main:  # nothing left to run (resumed at the last round): the last record
+            last = {k: v for k, v in (_last_record(self.run_dir / "metrics.jsonl") or {}).items() if k != "round"}
         return {"rounds": rounds, "resumed_from_round": start, "rounds_run": done, "preempted": preempted,
                 "train_s": train_s, "train_cpu_s": train_cpu_s, "eval_s": eval_s,
                 "round_s_mean": train_s / done if done else None, "final": last}
@@ -308,31 +330,26 @@ class Rounds:
                 "seed": int(self.cfg.seed), "fingerprint": fingerprint(self.cfg),
             }, int(self.cfg.fl.keep_checkpoints))
 
-    def _resume(self) -> tuple[int, torch.Tensor]:
-        """Collective: (rounds already done, global weights), identical on every rank."""
+    def _resume(self, existing: Existing) -> tuple[Resume, torch.Tensor]:
+        """Collective: the resume decision and the global weights, identical on every rank."""
         state = checkpoint.load_latest(self.ckpt_dir) if self.comm.is_main else None
         meta = self.comm.broadcast_object(None if state is None else
                                           {k: state.get(k) for k in ("round", "strategy", "fingerprint", "privacy")})
+        resume = decide(self.cfg, meta, existing)
+        if state is not None and not resume.complete:
+            log.info("resuming from %s (round %d)", state["file"], resume.start)
         global_flat = self.fm.flat.detach().clone()
-        start = 0
-        if meta is not None:
-            now = fingerprint(self.cfg)
-            changed = [k for k in FINGERPRINT_KEYS if meta["fingerprint"].get(k) != now[k]]
-            if changed:
-                k = changed[0]
-                raise ConfigError(k, now[k], f"the checkpoint in {self.ckpt_dir} was written with "
-                                  f"{k}={meta['fingerprint'].get(k)!r}; resume with the same value or a new run dir")
-            start = int(meta["round"])
-            if start > self.cfg.fl.rounds:
-                raise ConfigError("fl.rounds", self.cfg.fl.rounds,
-                                  f"must be >= {start}, the rounds already done by the checkpoint in {self.ckpt_dir}")
+        if meta is not None and not resume.complete:
             self.strategy.load_state_dict(meta["strategy"])
             if self.privacy is not None and meta["privacy"] is not None:
                 self.privacy.load_state_dict(meta["privacy"])
             if state is not None:
+                if state["global"].shape != global_flat.shape:
+                    raise ConfigError("model", self.cfg.model.name, f"has {len(global_flat)} weights but the checkpoint "
+                                      f"in {self.ckpt_dir} holds {len(state['global'])}; use a new run dir")
                 global_flat.copy_(state["global"])
         self.comm.broadcast(global_flat)  # also makes the initial weights identical everywhere
-        return start, global_flat
+        return resume, global_flat
 
 
 def _steps(num_train: int, plan: LocalTraining) -> int:
@@ -340,22 +357,27 @@ def _steps(num_train: int, plan: LocalTraining) -> int:
 
 
 def round_line(round_num: int, rounds: int, m: dict[str, float]) -> str:
-    """The one log line per round: clients, loss, accuracy, seconds, bytes."""
+    """The one log line per round: clients, loss, accuracy, seconds (training, and evaluation when the
+    round was evaluated: ``train_s`` is not the round's wall time when evaluation is slow), bytes."""
     parts = [f"round {round_num}/{rounds}", f"clients={m['clients']}"]
     parts += [f"{k}={m[k]}" for k in ("dropped", "late", "rejected") if m.get(k)]
     parts.append(f"train_loss={m['train_loss']:.4f}")
     parts += [f"{k}={m[k]:.4f}" for k in ("test_accuracy", "client_accuracy_mean", "personal_accuracy_mean") if k in m]
-    parts += [f"s={m['round_s']:.2f}", f"MB={m['comm_bytes'] / 1e6:.2f}"]
+    parts.append(f"train_s={m['round_s']:.2f}")
+    if "eval_s" in m:
+        parts.append(f"eval_s={m['eval_s']:.2f}")
+    parts.append(f"MB={m['comm_bytes'] / 1e6:.2f}")
     return " ".join(parts) + (" SKIPPED" if m.get("skipped") else "")
 
 
-def _run_info(cfg: DictConfig, comm: Comm, backend: str, device: torch.device, transport: str) -> dict:
+def _run_info(cfg: DictConfig, comm: Comm, job: Job) -> dict:
     return {"fl_version": fl.__version__, "git_commit": _git_commit(), "torch": torch.__version__,
             "python": platform.python_version(), "hostname": platform.node(),
             "restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
-            "world_size": comm.world_size, "backend": backend if comm.distributed else None,
-            "device": str(device), "transport": transport, "start_time": _now(),
-            "num_clients": cfg.fl.num_clients, "clients_per_round": cfg.fl.clients_per_round}
+            "world_size": comm.world_size, "backend": job.backend if comm.distributed else None,
+            "device": str(job.device), "transport": job.transport, "start_time": _now(),
+            "num_clients": cfg.fl.num_clients, "clients_per_round": cfg.fl.clients_per_round,
+            "rounds": int(cfg.fl.rounds), "fingerprint": fingerprint(cfg)}
 
 
 def _git_commit() -> str | None:
@@ -368,9 +390,9 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _write_json(comm: Comm, path: Path, obj: dict) -> None:
-    if comm.is_main:
-        path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+def _last_record(path: Path) -> dict | None:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return json.loads(lines[-1]) if lines else None
 
 
 def _now() -> str:

@@ -9,6 +9,8 @@ import json
 import math
 from pathlib import Path
 
+from fl.records import dumps, write_text
+
 # metric key -> TensorBoard tag
 TAGS = {
     "train_loss": "train/loss",
@@ -24,6 +26,7 @@ TAGS = {
     "personal_loss_mean": "personalized/loss_mean",
     "comm_bytes": "comm/bytes",
     "round_s": "time/round_s",
+    "eval_s": "time/eval_s",
     "clients": "round/clients",
     "dropped": "round/dropped",
     "late": "round/late",
@@ -65,7 +68,7 @@ class MetricsSink(NullSink):
             if key in TAGS and value is not None and math.isfinite(value):
                 self.tb.add_scalar(TAGS[key], value, round_num)
         if evaluated:
-            self.jsonl.write(json.dumps({"round": round_num, **metrics}) + "\n")
+            self.jsonl.write(dumps({"round": round_num, **metrics}) + "\n")  # NaN -> null
             self.jsonl.flush()
             self.tb.flush()
 
@@ -79,4 +82,4 @@ def _truncate_after(path: Path, round_num: int) -> None:
         return
     keep = [line for line in path.read_text().splitlines() if line.strip()
             and json.loads(line)["round"] <= round_num]
-    path.write_text("".join(line + "\n" for line in keep))
+    write_text(path, "".join(line + "\n" for line in keep))

@@ -18,8 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-if not OmegaConf.has_resolver("fl_rank0_only"):
-    OmegaConf.register_new_resolver("fl_rank0_only", lambda value: value)
+if not OmegaConf.has_resolver("fl_run_dir"):
     OmegaConf.register_new_resolver("fl_run_dir", lambda value: value)
 
 

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from fl import checkpoint
+from fl.errors import ConfigError
 
 
 def _payload(r):
@@ -43,6 +44,6 @@ def test_a_flipped_byte_is_detected_and_the_previous_checkpoint_used(tmp_path, c
 
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     checkpoint.checkpoint_path(tmp_path, 1).write_bytes(b"garbage")
-    with pytest.raises(RuntimeError, match="refusing to start over"):
+    with pytest.raises(ConfigError, match="none is readable .*refusing to start over"):
         checkpoint.load_latest(tmp_path)
     assert checkpoint.load_latest(tmp_path / "none") is None

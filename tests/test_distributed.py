@@ -72,7 +72,7 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
     _final(tmp_path, "run", 1, "fl.rounds=2", "fl.checkpoint_every=1")
-    with pytest.raises(RuntimeError, match=r"ConfigError: optim=.* was written with optim="):
+    with pytest.raises(RuntimeError, match=r"ConfigError: optim.lr=0.2 is invalid: .* was written with optim.lr=0.1"):
         _final(tmp_path, "run", 1, "fl.rounds=3", "fl.checkpoint_every=1", "optim.lr=0.2")
     with pytest.raises(RuntimeError, match=r"ConfigError: fl.rounds=1 is invalid: must be >= 2"):
         _final(tmp_path, "run", 1, "fl.rounds=1", "fl.checkpoint_every=1")

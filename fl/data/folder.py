@@ -19,14 +19,27 @@ def site_path(root_template: str, cid: int) -> Path:
     return Path(root_template.format(client=cid))
 
 
+# What torchvision's ImageFolder reads (torchvision.datasets.folder.IMG_EXTENSIONS).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
 def check_sites(root_template: str, clients: list[int]) -> None:
-    """Every hosted site folder exists and holds at least one class folder."""
+    """Every hosted site folder exists and holds class folders, each with at least one image."""
     if "{client}" not in root_template:
         raise ConfigError("data.root", root_template, "must contain '{client}', e.g. /data/site_{client}")
     for cid in clients:
         path = site_path(root_template, cid)
         if not path.is_dir() or not any(p.is_dir() for p in path.iterdir()):
             raise ConfigError("data.root", root_template, f"client {cid}: {path} must be a folder of class folders")
+        check_class_folders(path, f"client {cid}: ")
+
+
+def check_class_folders(path: Path, who: str = "", key: str = "data.root") -> None:
+    """Each class folder under ``path`` holds at least one image ImageFolder can read."""
+    for cls in sorted(p for p in path.iterdir() if p.is_dir()):
+        if not any(f.suffix.lower() in IMAGE_EXTENSIONS for f in cls.rglob("*") if f.is_file()):
+            raise ConfigError(key, str(path), f"{who}class folder {cls.name!r} holds no images "
+                              f"({', '.join(IMAGE_EXTENSIONS)}); remove it or add its images")
 
 
 def class_names(path: Path) -> list[str]:

@@ -1,0 +1,108 @@
+"""The command line: ``python train.py [-m] [overrides]`` and the same under torchrun.
+
+Every job on the command line is checked first (:mod:`fl.preflight`); then Hydra runs them.
+A user's mistake, from whatever layer (Hydra's grammar, a key, a value, a component, the
+data, the run directory, a checkpoint), ends as one line naming the key, the value and what
+is allowed, with exit status 2; ``FL_TRACEBACK=1`` or ``runtime.log_level=DEBUG`` adds the
+traceback. A rank lost mid-collective is one line and exit 1. Ctrl-C stops after the round
+with a checkpoint (exit 130), SIGTERM likewise (exit 143); a finished run run again exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from fl.errors import ConfigError
+from fl.logs import setup_logging
+from fl.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
+from fl.rundir import elastic_run_dir
+from fl.runtime import DistEnv, report_to_launcher
+
+log = logging.getLogger("fl")
+
+EXIT_USER_ERROR = 2
+EXIT_COLLECTIVE = 1
+
+
+def _register_resolvers() -> None:
+    # A restarted torchrun attempt (--max-restarts) goes back to the first attempt's run directory.
+    if not OmegaConf.has_resolver("fl_run_dir"):
+        OmegaConf.register_new_resolver("fl_run_dir", elastic_run_dir)
+
+
+def _debug(argv: list[str]) -> bool:
+    return os.environ.get("FL_TRACEBACK", "") not in ("", "0") or "runtime.log_level=DEBUG" in argv
+
+
+def _fail(message: str, code: int, debug: bool, kind: str = "ConfigError") -> int:
+    log.error("%s", message, exc_info=debug)
+    report_to_launcher(f"{kind}: {message}")
+    return code
+
+
+def main(argv: list[str] | None = None, config_dir: str | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_dir = str(Path(config_dir or Path.cwd() / "conf").resolve())
+    env = DistEnv.from_environ()
+    debug = _debug(argv)
+    setup_logging(env.rank)
+    _register_resolvers()
+    try:
+        from fl import preflight
+
+        errors = preflight.check(argv, env, config_dir)
+        if errors:
+            for line, exc in errors:
+                log.error("%s", line, exc_info=(type(exc), exc, exc.__traceback__) if debug and exc else None)
+            report_to_launcher(f"ConfigError: {errors[0][0]}")  # torchrun's summary shows it as the root cause
+            return EXIT_USER_ERROR
+        status = [0]
+        GlobalHydra.instance().clear()
+        saved, sys.argv = sys.argv, [sys.argv[0] if sys.argv else "train.py", *argv]
+        try:
+            import hydra
+
+            hydra.main(version_base="1.3", config_path=config_dir, config_name="config")(
+                lambda cfg: _job(cfg, status, debug))()
+        finally:
+            sys.argv = saved
+            GlobalHydra.instance().clear()
+        return status[0]
+    except KeyboardInterrupt:
+        return _fail("interrupted (Ctrl-C); the run directory keeps what it had: run the same command again to "
+                     "continue from the latest checkpoint", EXIT_INTERRUPTED, debug, "KeyboardInterrupt")
+    except SystemExit as e:  # a sweep stopped by a signal: the job's exit status
+        return int(e.code or 0)
+
+
+def _job(cfg: DictConfig, status: list[int], debug: bool) -> None:
+    """One job (Hydra's task function). A stop request ends a sweep; a user error goes on to the next point."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from fl.comm import CollectiveError
+    from fl.loop import run
+
+    hc = HydraConfig.get()
+    files = {"config.yaml": OmegaConf.to_yaml(cfg), "overrides.yaml": OmegaConf.to_yaml(list(hc.overrides.task)),
+             "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hc)}))}
+    debug = debug or cfg.runtime.get("log_level") == "DEBUG"
+    try:
+        summary = run(cfg, Path(hc.runtime.output_dir), hydra_files=files)
+    except ConfigError as e:
+        status[0] = _fail(f"{e}", EXIT_USER_ERROR, debug)
+        return
+    except CollectiveError as e:
+        status[0] = _fail(f"{e}", EXIT_COLLECTIVE, debug, "CollectiveError")
+        return
+    if summary["status"] == "preempted":  # checkpoint written: requeue and run again to continue
+        raise SystemExit(EXIT_PREEMPTED)
+    if summary["status"] == "interrupted":
+        raise SystemExit(EXIT_INTERRUPTED)
