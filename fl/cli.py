@@ -39,8 +39,15 @@ def _debug(argv: list[str]) -> bool:
     return os.environ.get("FL_TRACEBACK", "") not in ("", "0") or "runtime.log_level=DEBUG" in argv
 
 
+def _quiet_rank() -> bool:
+    """Under torchrun, ranks other than 0 give their reason to the launcher only: every rank finds the
+    same mistake, and the launcher's report names the rank whose reason differs."""
+    return "TORCHELASTIC_ERROR_FILE" in os.environ and os.environ.get("RANK", "0") != "0"
+
+
 def _fail(message: str, code: int, debug: bool, kind: str = "ConfigError") -> int:
-    log.error("%s", message, exc_info=debug)
+    if not _quiet_rank() or debug:
+        log.error("%s", message, exc_info=debug)
     report_to_launcher(f"{kind}: {message}")
     return code
 
@@ -56,13 +63,7 @@ def main(argv: list[str] | None = None, config_dir: str | None = None) -> int:
     setup_logging(env.rank)
     _register_resolvers()
     try:
-        from fl import preflight
-
-        errors = preflight.check(argv, env, config_dir)
-        if errors:
-            for line, exc in errors:
-                log.error("%s", line, exc_info=(type(exc), exc, exc.__traceback__) if debug and exc else None)
-            report_to_launcher(f"ConfigError: {errors[0][0]}")  # torchrun's summary shows it as the root cause
+        if check_command_line(argv, env, config_dir, debug):
             return EXIT_USER_ERROR
         status = [0]
         GlobalHydra.instance().clear()
@@ -81,6 +82,19 @@ def main(argv: list[str] | None = None, config_dir: str | None = None) -> int:
                      "continue from the latest checkpoint", EXIT_INTERRUPTED, debug, "KeyboardInterrupt")
     except SystemExit as e:  # a sweep stopped by a signal: the job's exit status
         return int(e.code or 0)
+
+
+def check_command_line(argv: list[str], env: DistEnv, config_dir: str, debug: bool = False) -> bool:
+    """Check every job of ``argv`` for ``env``; print one line per mistake. True when there was one."""
+    from fl import preflight
+
+    errors = preflight.check(argv, env, config_dir)
+    for line, exc in errors:
+        if not _quiet_rank() or debug:
+            log.error("%s", line, exc_info=(type(exc), exc, exc.__traceback__) if debug and exc else None)
+    if errors:
+        report_to_launcher(f"ConfigError: {errors[0][0]}")  # torchrun's summary shows it as the root cause
+    return bool(errors)
 
 
 def _job(cfg: DictConfig, status: list[int], debug: bool) -> None:

@@ -4,7 +4,7 @@ run allowed to continue it may change.
 Hydra resolves ``${now:...}`` in each process separately, so under torchrun the ranks
 can pick different directories when they start across a second boundary (hydra #2070).
 Rank 0's choice wins; a rank whose own choice differs removes it if Hydra left it empty
-(non-zero ranks write no ``.hydra/`` there, see ``conf/config.yaml``).
+(Hydra writes no ``.hydra/`` of its own: rank 0 writes it once the job is accepted).
 
 Under ``torchrun --max-restarts=K`` a restarted attempt would resolve ``${now:...}`` again
 and start over in a new directory; :func:`elastic_run_dir` (the ``fl_run_dir`` resolver in

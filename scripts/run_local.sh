@@ -13,5 +13,5 @@ PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 NPROC=${NPROC:-$("$PY" -c 'import torch; print(torch.cuda.device_count() or 2)')}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1  # a fresh rendezvous store per restart (pytorch/pytorch#135712)
-exec "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" --max-restarts="${MAX_RESTARTS:-1}" \
+exec "$PY" -m fl.launch --standalone --nproc_per_node="$NPROC" --max-restarts="${MAX_RESTARTS:-1}" \
     train.py "$@"

@@ -106,3 +106,30 @@ def test_local_sweep_gives_each_point_its_own_run_directory(tmp_path):
         point = tmp_path / "sweep" / str(num)
         assert json.loads((point / "run.json").read_text())["status"] == "completed"
         assert strategy in (point / ".hydra" / "config.yaml").read_text()
+
+
+def _launch(*args: str, cwd=None, restarts: int = 1) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "fl.launch", "--standalone", "--nproc_per_node=2", f"--max-restarts={restarts}",
+           str(REPO / "train.py"), *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_fl_launch_prints_a_mistake_once_and_starts_no_worker(tmp_path):
+    proc = _launch("fl.clients_per_round=5", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].endswith("fl.clients_per_round=5 is invalid: must be an integer >= 1 and <= 2")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_fl_launch_names_the_rank_whose_site_is_missing(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "site_0" / "a").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(tmp_path / "site_0" / "a" / "0.png")
+    proc = _launch("data=folder", f"data.root='{tmp_path}/site_{{client}}'", "data.image_size=8",
+                   "runtime.timeout_s=20", cwd=tmp_path, restarts=0)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "[launcher] rank 1 failed (exit 2): ConfigError: data.root=" in proc.stderr
+    assert "client 1: " in proc.stderr and "Traceback" not in proc.stderr

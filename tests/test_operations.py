@@ -162,3 +162,63 @@ def test_a_hung_rank_ends_the_collective_with_an_error_naming_rank_and_operation
     assert name == "CollectiveError"
     assert message.startswith("rank 0/2: all_reduce of (5,) float32 did not complete (runtime.timeout_s=2)")
     assert 1.5 < waited < 10
+
+
+def _interrupt_after_two_rounds(cmd: list[str], run_dir: Path, signals: int = 1) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, proc, "two rounds")
+    for _ in range(signals):
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    return proc, err
+
+
+SHORT = JOB + ["fl.rounds=8", "fl.local_epochs=1"]  # one rank: less work keeps the test short
+
+
+def test_ctrl_c_checkpoints_says_interrupted_and_the_rerun_gives_the_uninterrupted_model(tmp_path):
+    job = SHORT + ["fl.checkpoint_every=100", "fl.eval_every=1"]
+    fork_ranks(1, run_job, tmp_path, make_cfg(*job), tmp_path / "reference")
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "train.py"), *job, f"hydra.run.dir={run_dir}"]
+    proc, err = _interrupt_after_two_rounds(cmd, run_dir)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
+    assert len(ckpts) == 1 and ckpts[0] != "round_000008.pt", ckpts
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "completed" and info["resumed_from_round"] == int(ckpts[0][6:12])
+    _assert_same_model(run_dir / "final_model.pt", torch.load(tmp_path / "reference" / "final_model.pt",
+                                                              weights_only=True))
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "train.py"), *SHORT, "fl.eval_every=1", f"hydra.run.dir={run_dir}"]
+    proc, err = _interrupt_after_two_rounds(cmd, run_dir, signals=2)
+    assert proc.returncode == 130, err[-3000:]
+    assert "second Ctrl-C: stopping now" in err and "Traceback" not in err
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"].startswith("interrupted: stopped at once"), info["status"]
+    assert not (run_dir / "final_model.pt").exists()
+
+
+def test_ctrl_c_under_torchrun_checkpoints_and_the_rerun_continues(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    cmd = _torchrun("--standalone", "--nproc_per_node=2") + JOB + ["fl.checkpoint_every=100", "fl.eval_every=1",
+                                                                   f"hydra.run.dir={run_dir}"]
+    proc, err = _interrupt_after_two_rounds(cmd, run_dir)
+    assert proc.returncode != 0
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "interrupted", err[-3000:]
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
+    assert len(ckpts) == 1 and ckpts[0] != "round_000016.pt", ckpts
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    _assert_same_model(run_dir / "final_model.pt", reference)
