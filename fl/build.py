@@ -18,7 +18,8 @@ from fl.attacks import Attack, malicious_clients
 from fl.cohort import home_rank
 from fl.comm import Comm
 from fl.components import instantiate_component
-from fl.data import datasets, folder
+from fl.data import component, datasets, folder, tabular
+from fl.data.partition import holdout_split
 from fl.data.datasets import DatasetSpec, TensorData
 from fl.data.federation import (ClientShard, partition_indices, simulated_clients, site_client, summary,
                                 with_label_groups)
@@ -26,7 +27,7 @@ from fl.errors import ConfigError
 from fl.local_dp import LocalDP
 from fl.privacy import DPFedAvg
 from fl.flat import FlatModel
-from fl.models import build_model
+from fl.models import build_model, check_model_config
 from fl.seeding import derive_seed
 from fl.strategies.base import Strategy
 from fl.runtime import resolve_backend, resolve_device
@@ -53,9 +54,14 @@ class Federation:
 def build_federation(cfg: DictConfig, comm: Comm, device: torch.device) -> Federation:
     d = cfg.data
     target = device if d.get("on_device", True) else torch.device("cpu")
-    if d.name == "folder":
+    if d.get("name") == "folder":
         return _build_sites(cfg, comm, target)
-    if d.name == "digits":
+    if d.get("name") == "csv":
+        return _build_tables(cfg, comm, target)
+    if "_target_" in d:  # the user's own data, or any torchvision class (fl.data.component)
+        loaded = component.load(d)
+        train, test, spec = loaded.train, loaded.test, loaded.spec
+    elif d.name == "digits":
         train, test, spec = datasets.load_digits(float(d.test_fraction), int(d.split_seed))
     elif d.name == "synthetic":
         train, test, spec = datasets.make_synthetic(
@@ -68,7 +74,7 @@ def build_federation(cfg: DictConfig, comm: Comm, device: torch.device) -> Feder
         comm.barrier()
         train, test, spec = datasets.load_torchvision(d.name, str(d.root))
     parts = partition_indices(train.y, cfg.fl.num_clients, OmegaConf.to_container(cfg.partition), cfg.seed)
-    train, test = train.to(target), test.to(target)
+    train, test = train.to(target), None if test is None else test.to(target)
     groups = int(cfg.partition.get("label_groups", 1))
     shards = simulated_clients(train, parts, cfg.fl.holdout_fraction, cfg.seed)
     shards = dict(enumerate(with_label_groups(shards, groups, spec.num_classes)))
@@ -114,10 +120,37 @@ def _build_sites(cfg: DictConfig, comm: Comm, device: torch.device) -> Federatio
                                                  "clients": dict(sorted(clients.items(), key=lambda kv: int(kv[0])))})
 
 
+def _build_tables(cfg: DictConfig, comm: Comm, device: torch.device) -> Federation:
+    """``data=csv``: each hosted site's table, encoded and scaled as the sites agreed (fl.data.tabular)."""
+    d = cfg.data
+    mine = [c for c in range(cfg.fl.num_clients) if home_rank(c, comm.world_size) == comm.rank]
+    fraction = float(cfg.fl.holdout_fraction)
+
+    def train_rows(cid: int, n: int) -> torch.Tensor:  # the same split as site_client makes below
+        return holdout_split(torch.arange(n), fraction, derive_seed(cfg.seed, "holdout", cid))[0]
+
+    features = None if d.features is None else [str(f) for f in d.features]
+    tables, schema, sums = tabular.load_sites(comm, str(d.root), mine, str(d.target), features,
+                                              [str(c) for c in d.categorical], train_rows)
+    shards = {c: site_client(tables[c].to(device), fraction, cfg.seed, c) for c in mine}
+    _check_client_sizes(cfg, shards, None)
+    test = None
+    if d.test_root is not None:
+        table = tabular.read_table(folder.Path(str(d.test_root)))
+        encoded = tabular.encode(table, str(d.target), schema, key="data.test_root")
+        test = TensorData(tabular.standardise(encoded.x, len(schema.numeric), sums), encoded.y).to(device)
+    spec = DatasetSpec((schema.width,), len(schema.classes))
+    parts = comm.all_gather_object(summary(shards, spec.num_classes)["clients"])
+    clients = {k: v for part in parts for k, v in part.items()}
+    return Federation(spec, shards, test, True, {
+        "num_clients": len(clients), "classes": schema.classes, "numeric": schema.numeric,
+        "categorical": schema.categorical, "clients": dict(sorted(clients.items(), key=lambda kv: int(kv[0])))})
+
+
 def build_flat_model(cfg: DictConfig, spec: DatasetSpec, device: torch.device) -> FlatModel:
     """The model, initialised from the run seed (identical on every rank), on ``device``."""
     torch.manual_seed(derive_seed(cfg.seed, "init"))
-    model = build_model(cfg.model.name, spec.input_shape, spec.num_classes).to(device)
+    model = build_model(cfg.model, spec.input_shape, spec.num_classes).to(device)
     return FlatModel(model)
 
 
@@ -206,6 +239,7 @@ def prepare(cfg: DictConfig, world_size: int, rank: int = 0, local_rank: int = 0
     from fl.config import validate
 
     validate(cfg, world_size, rank)
+    check_model_config(cfg.model)
     device = resolve_device(cfg.runtime.device, local_rank)
     backend = resolve_backend(cfg.runtime.backend, device)
     strategy, requested = build_strategy(cfg)

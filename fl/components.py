@@ -52,6 +52,7 @@ def instantiate_component(key: str, node: DictConfig | dict, *, skip: tuple[str,
     target = locate(key, params.get("_target_"))
     args = {k: v for k, v in params.items() if not k.startswith("_")}
     check_arguments(key, target, args, set(runtime), partial=bool(params.get("_partial_", False)))
+    params.setdefault("_convert_", "all")  # lists and dicts arrive as plain Python objects
     try:
         return instantiate(params, **runtime)
     except InstantiationException as e:

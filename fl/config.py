@@ -18,7 +18,6 @@ from fl.data import folder
 from fl.data.datasets import DATASETS, check_available
 from fl.data.partition import PARTITIONERS
 from fl.errors import ConfigError
-from fl.models import MODELS
 from fl.accounting import ACCOUNTANTS, epsilon, epsilon_fixed_size
 from fl.runtime import BACKENDS
 
@@ -54,8 +53,8 @@ def validate(cfg: DictConfig, world_size: int, rank: int = 0) -> None:
     ``fl.clients_per_round`` when null. ``rank`` selects which per-site folders to check."""
     _int(cfg, "seed", 0)
     _int(cfg, "fl.rounds", 1)
-    _choice(cfg, "data.name", DATASETS)
-    _choice(cfg, "model.name", MODELS)
+    if "_target_" not in cfg.data:
+        _choice(cfg, "data.name", DATASETS)
     _choice(cfg, "strategy.transport", TRANSPORTS)
     _choice(cfg, "runtime.backend", BACKENDS)
     _choice(cfg, "runtime.device", ("auto", "cpu", "cuda"))
@@ -237,11 +236,12 @@ def _validate_partition(cfg: DictConfig, num_clients: int) -> None:
     _choice(cfg, "partition.name", PARTITIONERS)
     name = cfg.partition.name
     _int(cfg, "partition.label_groups", 1, num_clients)
-    if cfg.data.name == "folder":
+    if cfg.data.get("name") in ("folder", "csv"):
         if name != "iid":
-            log.warning("partition=%s has no effect with data=folder: each site keeps its own data", name)
+            log.warning("partition=%s has no effect with data=%s: each site keeps its own data", name, cfg.data.name)
         if cfg.partition.label_groups > 1:
-            log.warning("partition.label_groups=%d has no effect with data=folder", cfg.partition.label_groups)
+            log.warning("partition.label_groups=%d has no effect with data=%s", cfg.partition.label_groups,
+                        cfg.data.name)
         return
     if name == "dirichlet" and not (isinstance(cfg.partition.alpha, (int, float)) and cfg.partition.alpha > 0):
         raise ConfigError("partition.alpha", cfg.partition.alpha, "must be a number > 0")
@@ -251,7 +251,13 @@ def _validate_partition(cfg: DictConfig, num_clients: int) -> None:
 
 def _validate_data(cfg: DictConfig, num_clients: int, world_size: int, rank: int) -> None:
     d = cfg.data
-    if d.name in ("mnist", "fashion_mnist", "cifar10"):
+    if "_target_" in d:  # a data component: it imports and takes the group's keys
+        from fl.components import check_arguments, locate
+        from fl.data.component import FL_KEYS
+
+        args = {k: v for k, v in d.items() if not str(k).startswith("_") and k not in FL_KEYS}
+        check_arguments("data", locate("data", d.get("_target_")), args, set())
+    elif d.name in ("mnist", "fashion_mnist", "cifar10"):
         check_available(d.name, str(d.root), bool(d.download))
     elif d.name == "digits":
         if not (isinstance(d.test_fraction, float) and 0 < d.test_fraction < 1):
@@ -262,6 +268,15 @@ def _validate_data(cfg: DictConfig, num_clients: int, world_size: int, rank: int
         _int(cfg, "data.num_classes", 2)
         if len(d.shape) != 3 or any(not isinstance(s, int) or s < 1 for s in d.shape):
             raise ConfigError("data.shape", list(d.shape), "must be [channels, height, width] of positive integers")
+    elif d.name == "csv":
+        if "{client}" not in str(d.root):
+            raise ConfigError("data.root", d.root, "must contain '{client}', e.g. /data/hospital_{client}.csv")
+        for cid in (c for c in range(num_clients) if c % world_size == rank):
+            if not Path(str(d.root).format(client=cid)).is_file():
+                raise ConfigError("data.root", d.root, f"client {cid}: {str(d.root).format(client=cid)} must be a CSV "
+                                  "or Parquet file")
+        if d.test_root is not None and not Path(str(d.test_root)).is_file():
+            raise ConfigError("data.test_root", d.test_root, "must be a CSV or Parquet file (or null)")
     elif d.name == "folder":
         _int(cfg, "data.image_size", 4)
         _choice(cfg, "data.channels", (1, 3))

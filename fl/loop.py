@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +36,7 @@ from fl.flat import FlatModel
 from fl.local_dp import LocalAccountant, unsupported_layers
 from fl.logs import setup_logging
 from fl.metrics import MetricsSink, NullSink
+from fl.models import model_name
 from fl.preemption import StopRequest
 from fl.records import save_torch, write_json
 from fl.resume import Resume, decide, fingerprint
@@ -72,7 +74,8 @@ def run(cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, init_method:
             raise
         if rounds.resume.complete:
             return _already_complete(comm, run_dir, existing)
-        info = _run_info(cfg, comm, job)
+        info = {**_run_info(cfg, comm, job), "input_shape": list(rounds.fed.spec.input_shape),
+                "num_classes": rounds.fed.spec.num_classes}
         if comm.is_main:
             setup_logging(env.rank, cfg.runtime.log_level, run_dir / "train.log")
             rundir.write_hydra_files(run_dir, hydra_files or {})
@@ -92,7 +95,27 @@ def run(cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, init_method:
         summary = {**info, **summary, "status": status, "end_time": _now()}
         if comm.is_main:
             write_json(run_dir / "run.json", summary)
+            log.info("%s", summary_line(summary))
+            log.info("run directory %s; watch it with: tensorboard --logdir %s", _shown(run_dir), _shown(run_dir))
         return summary
+
+
+def summary_line(summary: dict) -> str:
+    """What rank 0 prints when a run ends: status, rounds, time per round, final metrics."""
+    final = summary.get("final") or {}
+    shown = " ".join(f"{k}={final[k]:.4f}" for k in _SUMMARY_KEYS if isinstance(final.get(k), float))
+    per_round = summary.get("round_s_mean")
+    timing = f", {per_round:.2f} s per round (+{summary.get('eval_s', 0):.1f} s evaluating)" if per_round else ""
+    return (f"{summary['status']}: {summary.get('rounds_run', 0)} rounds run, {summary.get('rounds')} in all"
+            f"{timing}{'; ' + shown if shown else ''}")
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it (shorter to copy)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _set_up(cfg: DictConfig, comm: Comm, job: Job, run_dir: Path, existing: Existing, stop: StopRequest) -> "Rounds":
@@ -101,7 +124,7 @@ def _set_up(cfg: DictConfig, comm: Comm, job: Job, run_dir: Path, existing: Exis
     fm = build_flat_model(cfg, fed.spec, job.device)
     job.strategy.on_model(fm)
     if cfg.privacy.name == "dp_sgd_local" and (problems := unsupported_layers(fm.module)):
-        raise ConfigError("model", cfg.model.name, f"privacy=dp_sgd_local cannot train it: {problems[0]}")
+        raise ConfigError("model", model_name(cfg.model), f"privacy=dp_sgd_local cannot train it: {problems[0]}")
     rounds = Rounds(cfg, comm, fed, fm, job.strategy, job.transport, job.make_optimizer, run_dir, stop)
     rounds.set_up(existing)
     return rounds
@@ -119,7 +142,8 @@ def _already_complete(comm: Comm, run_dir: Path, existing: Existing) -> dict:
     return {**info, "already_complete": True}
 
 
-_SUMMARY_KEYS = ("train_loss", "test_loss", "test_accuracy", "client_accuracy_mean", "client_accuracy_p10")
+_SUMMARY_KEYS = ("train_loss", "test_loss", "test_accuracy", "test_roc_auc", "test_f1", "client_accuracy_mean",
+                 "client_accuracy_p10", "client_roc_auc_mean", "client_roc_auc_p10", "client_f1_mean")
 
 
 class Rounds:
@@ -157,8 +181,9 @@ class Rounds:
         train_s = eval_s = train_cpu_s = 0.0
         last: dict[str, float] = {}
         preempted = False
+        # A bar only on a terminal: redirected to a file or a CI log it would be carriage-return spam.
         bar = tqdm(total=rounds, initial=start, desc="rounds", unit="round", dynamic_ncols=True,
-                   disable=not (comm.is_main and cfg.runtime.progress))
+                   disable=not (comm.is_main and cfg.runtime.progress and sys.stderr.isatty()))
         try:
             with logging_redirect_tqdm(loggers=[logging.getLogger("fl")]):
                 for rnd in range(start, rounds):
@@ -296,14 +321,16 @@ class Rounds:
         self.fm.load_(global_flat)
         out: dict[str, float] = {}
         if self.fed.test is not None:
-            out.update(evaluation.centralized(self.fm.module, self.fed.test, comm, cfg.train.eval_batch_size))
+            out.update(evaluation.centralized(self.fm.module, self.fed.test, comm, cfg.train.eval_batch_size,
+                                              binary=self.fed.spec.num_classes == 2))
         if cfg.fl.holdout_fraction > 0:
             k = cfg.fl.eval_clients or cfg.fl.num_clients
             by_rank = assign(sample_cohort(cfg.seed, rnd, cfg.fl.num_clients, k, "eval"), comm.world_size,
                              self.fed.per_site)
             out.update(evaluation.federated(self.fm.module, self.fed.shards, by_rank[comm.rank],
                                             max(len(r) for r in by_rank), comm, cfg.train.eval_batch_size,
-                                            self.device, self._personalizer(rnd, global_flat)))
+                                            self.device, self._personalizer(rnd, global_flat),
+                                            binary=self.fed.spec.num_classes == 2))
         return out
 
     def _personalizer(self, rnd: int, global_flat: torch.Tensor):
@@ -345,7 +372,7 @@ class Rounds:
                 self.privacy.load_state_dict(meta["privacy"])
             if state is not None:
                 if state["global"].shape != global_flat.shape:
-                    raise ConfigError("model", self.cfg.model.name, f"has {len(global_flat)} weights but the checkpoint "
+                    raise ConfigError("model", model_name(self.cfg.model), f"has {len(global_flat)} weights but the checkpoint "
                                       f"in {self.ckpt_dir} holds {len(state['global'])}; use a new run dir")
                 global_flat.copy_(state["global"])
         self.comm.broadcast(global_flat)  # also makes the initial weights identical everywhere
@@ -362,7 +389,8 @@ def round_line(round_num: int, rounds: int, m: dict[str, float]) -> str:
     parts = [f"round {round_num}/{rounds}", f"clients={m['clients']}"]
     parts += [f"{k}={m[k]}" for k in ("dropped", "late", "rejected") if m.get(k)]
     parts.append(f"train_loss={m['train_loss']:.4f}")
-    parts += [f"{k}={m[k]:.4f}" for k in ("test_accuracy", "client_accuracy_mean", "personal_accuracy_mean") if k in m]
+    parts += [f"{k}={m[k]:.4f}" for k in ("test_accuracy", "test_roc_auc", "client_accuracy_mean", "client_roc_auc_mean",
+                                          "personal_accuracy_mean") if isinstance(m.get(k), float)]
     parts.append(f"train_s={m['round_s']:.2f}")
     if "eval_s" in m:
         parts.append(f"eval_s={m['eval_s']:.2f}")

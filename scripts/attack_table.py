@@ -55,7 +55,7 @@ def main() -> None:
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2])
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    base = [f"seed={args.seed}", f"fl.num_clients={args.clients}", f"fl.rounds={args.rounds}",
+    base = ["model=cnn_padded", f"seed={args.seed}", f"fl.num_clients={args.clients}", f"fl.rounds={args.rounds}",
             f"fl.eval_every={args.rounds}", "fl.local_epochs=3", "optim.lr=0.1"]
     results: dict[str, dict[str, float]] = {}
     rows = [("none", 0.0)] + [(a, f) for a in ATTACKS for f in args.fractions]

@@ -1,6 +1,6 @@
 """Clean vs private accuracy, with the epsilon spent, from real runs (one process each).
 
-Client-level DP (`experiment=dp_digits`: scikit-learn digits, `cnn`, 50 clients, 10 per round,
+Client-level DP (`experiment=dp_digits`: scikit-learn digits, `cnn_padded`, 50 clients, 10 per round,
 2 local epochs, SGD lr 0.1, 40 rounds): DP-FedAvg with clip norm 0.5 at a few noise
 multipliers, and with adaptive clipping (median norm, count noise 10/20); epsilon at
 delta = 50^-1.1 for the fixed-size cohorts fl draws (dp-accounting, replace-one), and under

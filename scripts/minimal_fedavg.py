@@ -24,9 +24,9 @@ from torchvision.datasets import MNIST
 
 def net() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 10, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(10, 20, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(20 * 7 * 7, 50), nn.ReLU(), nn.Linear(50, 10),
+        nn.Conv2d(1, 10, 5), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Conv2d(10, 20, 5), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Flatten(), nn.Linear(320, 50), nn.ReLU(), nn.Linear(50, 10),
     )
 
 

@@ -73,7 +73,7 @@ def test_clustered_recovers_conflicting_groups_and_beats_one_model(tmp_path, ass
     assert final["personal_accuracy_mean"] > fedavg["client_accuracy_mean"] + 0.2, (final, fedavg)
     states = torch.load(run_dir / "cluster_models.pt", weights_only=True)
     assert len(states) == 2
-    model = build_model("cnn", (1, 8, 8), 10)
+    model = build_model("cnn_padded", (1, 8, 8), 10)
     model.load_state_dict(states[1])
     partition = json.loads((run_dir / "partition.json").read_text())
     assert partition["clients"]["3"]["label_group"] == 1

@@ -1,8 +1,10 @@
+import pytest
 import torch
 from torch import nn
 
 from fl.cohort import assign, client_epochs, sample_cohort
 from fl.flat import FlatModel
+from fl.errors import ConfigError
 from fl.models import build_model
 from fl.seeding import derive_seed
 
@@ -49,11 +51,32 @@ def test_flat_model_views_write_through_and_export_a_plain_state_dict():
 
 
 def test_models_build_for_every_dataset_shape():
-    for name in ("cnn", "cnn_mcmahan", "mlp", "logreg", "resnet18"):
+    for name in ("cnn", "cnn_padded", "cnn_bn", "cnn_mcmahan", "mlp", "logreg", "resnet18"):
         for shape in ((1, 8, 8), (1, 28, 28), (3, 32, 32)):
+            if name == "cnn" and shape[1] < 16:
+                with pytest.raises(ConfigError, match=r"model='cnn' is invalid: needs images .* use model=cnn_padded"):
+                    build_model(name, shape, 10)
+                continue
             model = build_model(name, shape, 10)
             assert model.eval()(torch.zeros(2, *shape)).shape == (2, 10)
     assert sum(p.numel() for p in build_model("cnn_mcmahan", (1, 28, 28), 10).parameters()) == 1_663_370
+
+
+def test_cnn_is_the_pytorch_mnist_example_cnn():
+    model = build_model("cnn", (1, 28, 28), 10)
+    assert sum(p.numel() for p in model.parameters()) == 21_840
+    kinds = [type(m).__name__ for m in model]
+    assert kinds == ["Conv2d", "MaxPool2d", "ReLU", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Linear", "ReLU", "Linear"]
+    assert [tuple(p.shape) for p in model.parameters()] == [(10, 1, 5, 5), (10,), (20, 10, 5, 5), (20,), (50, 320),
+                                                             (50,), (10, 50), (10,)]
+
+
+def test_mlp_and_logreg_take_feature_vectors():
+    for name, params in (("mlp", 30 * 200 + 200 + 200 * 200 + 200 + 200 * 2 + 2), ("logreg", 30 * 2 + 2)):
+        model = build_model(name, (30,), 2)
+        assert model(torch.zeros(5, 30)).shape == (5, 2)
+        assert sum(p.numel() for p in model.parameters()) == params
+    assert build_model({"_target_": "fl.models.mlp", "hidden": [16]}, (30,), 3)(torch.zeros(4, 30)).shape == (4, 3)
 
 
 def test_client_epochs_are_per_client_seeded_and_in_range():

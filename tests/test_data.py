@@ -59,7 +59,7 @@ def _write_sites(root, num_sites):
 def test_folder_sites_train_on_their_own_rank(tmp_path):
     _write_sites(tmp_path, 2)
     cfg = make_cfg("data=folder", f"data.root='{tmp_path}/site_{{client}}'", f"data.test_root={tmp_path}/test",
-                   "data.image_size=8", "model=cnn", "fl.rounds=10", "fl.local_epochs=2", "optim.lr=0.1",
+                   "data.image_size=8", "model=cnn_padded", "fl.rounds=10", "fl.local_epochs=2", "optim.lr=0.1",
                    "fl.checkpoint_every=0", "fl.eval_every=10")
     summaries = fork_ranks(2, run_job, tmp_path, cfg, tmp_path / "run")
     part = json.loads((tmp_path / "run" / "partition.json").read_text())

@@ -49,7 +49,7 @@ def test_torchrun_two_ranks_on_digits(tmp_path):
     assert acc.Scalars("test/accuracy")[-1].value == pytest.approx(records[-1]["test_accuracy"], rel=1e-6)
 
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["round_000008.pt", "round_000012.pt"]
-    model = build_model("cnn", (1, 8, 8), 10)
+    model = build_model("mlp", (1, 8, 8), 10)  # the default model
     model.load_state_dict(torch.load(run_dir / "final_model.pt", weights_only=True))
 
     assert "[rank0]" in proc.stderr and "[rank1]" not in proc.stderr, "rank 1 logs only warnings and errors"
@@ -133,3 +133,39 @@ def test_fl_launch_names_the_rank_whose_site_is_missing(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "[launcher] rank 1 failed (exit 2): ConfigError: data.root=" in proc.stderr
     assert "client 1: " in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_users_own_model_class_trains_under_torchrun_and_its_final_model_loads(tmp_path):
+    from user_models import TinyNet
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"),
+           "model._target_=user_models.TinyNet", "+model.width=24", "fl.rounds=5", "optim.lr=0.2",
+           "runtime.progress=false", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "completed" and info["final"]["test_accuracy"] > 0.5
+    model = TinyNet((1, 8, 8), 10, width=24)
+    model.load_state_dict(torch.load(run_dir / "final_model.pt", weights_only=True))
+    assert model.body[1].out_features == 24
+
+
+def test_the_hospitals_experiment_runs_under_torchrun_and_reports_roc_auc(tmp_path):
+    from fl.data.hospitals import make
+
+    make(tmp_path / "hospitals")
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"),
+           "experiment=hospitals", "fl.rounds=6", "fl.eval_every=3", "runtime.progress=false",
+           f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FL_DATA_ROOT": str(tmp_path)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads((run_dir / "run.json").read_text())["final"]
+    assert final["test_roc_auc"] > 0.95 and final["client_roc_auc_mean"] > 0.9 and 0 < final["test_f1"] <= 1
+    assert "test_roc_auc=" in proc.stderr
+    acc = EventAccumulator(str(next((run_dir / "tb").glob("events.out.tfevents.*"))))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("test/roc_auc")] == [3, 6]

@@ -22,7 +22,7 @@ from conftest import REPO, fork_ranks, make_cfg, run_job
 
 pytestmark = pytest.mark.e2e
 
-JOB = ["fl.num_clients=10", "fl.clients_per_round=8", "fl.rounds=16", "fl.local_epochs=3", "optim.lr=0.1",
+JOB = ["model=cnn_padded", "fl.num_clients=10", "fl.clients_per_round=8", "fl.rounds=16", "fl.local_epochs=2", "optim.lr=0.1",
        "fl.eval_every=4", "fl.checkpoint_every=2", "runtime.progress=false"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -208,17 +208,15 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
     assert not (run_dir / "final_model.pt").exists()
 
 
-def test_ctrl_c_under_torchrun_checkpoints_and_the_rerun_continues(tmp_path, reference):
+def test_ctrl_c_under_torchrun_checkpoints_and_says_interrupted(tmp_path):
+    # The rerun to the uninterrupted model is checked above (Ctrl-C) and by the SIGTERM test under torchrun.
     run_dir = tmp_path / "run"
-    cmd = _torchrun("--standalone", "--nproc_per_node=2") + JOB + ["fl.checkpoint_every=100", "fl.eval_every=1",
-                                                                   f"hydra.run.dir={run_dir}"]
+    cmd = _torchrun("--standalone", "--nproc_per_node=2") + SHORT + ["fl.checkpoint_every=100", "fl.eval_every=1",
+                                                                     f"hydra.run.dir={run_dir}"]
     proc, err = _interrupt_after_two_rounds(cmd, run_dir)
     assert proc.returncode != 0
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "interrupted", err[-3000:]
+    assert "received SIGINT: stopping after the current round" in err
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
-    assert len(ckpts) == 1 and ckpts[0] != "round_000016.pt", ckpts
-    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
-    _assert_same_model(run_dir / "final_model.pt", reference)
+    assert len(ckpts) == 1 and ckpts[0] != "round_000008.pt", ckpts

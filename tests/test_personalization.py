@@ -64,7 +64,7 @@ def test_fedbn_is_world_size_invariant(tmp_path):
 
 def test_fedbn_needs_batch_norm():
     with pytest.raises(ConfigError, match="FedBN needs a model with BatchNorm"):
-        FedBN().on_model(FlatModel(build_model("cnn", (1, 8, 8), 10)))
+        FedBN().on_model(FlatModel(build_model("cnn_padded", (1, 8, 8), 10)))
     assert isinstance(build_model("cnn_bn", (1, 8, 8), 10)[1], nn.BatchNorm2d)
 
 
@@ -110,4 +110,4 @@ def test_ditto_global_is_fedavg_and_lambda_pulls_personal_models_toward_it(tmp_p
 
 def _fm_cnn():
     torch.manual_seed(0)
-    return FlatModel(build_model("cnn", (1, 8, 8), 10))
+    return FlatModel(build_model("cnn_padded", (1, 8, 8), 10))

@@ -14,6 +14,15 @@ def test_experiments_compose_and_validate(experiment, tmp_path):
         validate(cfg, 2)
         assert cfg.data.name == "digits" and cfg.fl.num_clients in (50, 5)
         return
+    if experiment == "hospitals":  # per-site tables written from scikit-learn's bundled breast-cancer data
+        from fl.data.hospitals import make
+
+        make(tmp_path)
+        cfg = make_cfg(f"experiment={experiment}", f"data.root='{tmp_path}/site_{{client}}.csv'",
+                       f"data.test_root={tmp_path}/test.csv")
+        validate(cfg, 2)
+        assert cfg.data.name == "csv" and cfg.fl.num_clients == 4
+        return
     cfg = make_cfg(f"experiment={experiment}", f"data.root={tmp_path}")  # download=true: files not needed yet
     validate(cfg, 2)
     assert cfg.data.name == "mnist" and cfg.fl.num_clients == 100 and cfg.fl.clients_per_round == 10
@@ -22,12 +31,12 @@ def test_experiments_compose_and_validate(experiment, tmp_path):
 def test_mcmahan_presets_match_the_paper():
     for name, partition in (("mnist_cnn_iid", "iid"), ("mnist_cnn_noniid", "shards")):
         cfg = make_cfg(f"experiment={name}")
-        assert (cfg.model.name, cfg.partition.name, cfg.fl.local_epochs, cfg.train.batch_size) == \
-            ("cnn_mcmahan", partition, 5, 10)
+        assert (cfg.model._target_, cfg.partition.name, cfg.fl.local_epochs, cfg.train.batch_size) == \
+            ("fl.models.cnn_mcmahan", partition, 5, 10)
 
 
 @pytest.mark.parametrize("group, options", [
-    ("model", ["cnn", "cnn_mcmahan", "mlp", "logreg", "resnet18"]),
+    ("model", ["cnn_padded", "cnn_bn", "cnn_mcmahan", "mlp", "logreg", "resnet18"]),
     ("partition", ["iid", "dirichlet", "shards"]),
     ("optim", ["sgd", "adam"]),
     ("data", ["digits", "synthetic"]),

@@ -27,7 +27,7 @@ def test_engine_equals_hand_written_fedavg(tmp_path):
     parts = partition_indices(train.y, clients, {"name": "dirichlet", "alpha": 0.5}, seed)
     shards = simulated_clients(train, parts, 0.1, seed)
     torch.manual_seed(derive_seed(seed, "init"))
-    model = build_model("cnn", spec.input_shape, spec.num_classes)
+    model = build_model("cnn_padded", spec.input_shape, spec.num_classes)
     global_w = {k: v.clone() for k, v in model.state_dict().items()}
     for rnd in range(rounds):
         total, weight = {k: torch.zeros_like(v) for k, v in global_w.items()}, 0

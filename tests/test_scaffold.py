@@ -25,7 +25,7 @@ def _by_hand() -> dict[str, torch.Tensor]:
     shards = simulated_clients(train, partition_indices(train.y, N, {"name": "dirichlet", "alpha": 0.5}, SEED),
                                0.1, SEED)
     torch.manual_seed(derive_seed(SEED, "init"))
-    model = build_model("cnn", spec.input_shape, spec.num_classes)
+    model = build_model("cnn_padded", spec.input_shape, spec.num_classes)
     names = [k for k, _ in model.named_parameters()]
     x = {k: v.clone() for k, v in model.named_parameters()}
     c = {k: torch.zeros_like(v) for k, v in x.items()}

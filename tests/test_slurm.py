@@ -20,7 +20,7 @@ from conftest import REPO, fork_ranks, make_cfg, run_job
 
 pytestmark = pytest.mark.e2e
 
-JOB = ["fl.num_clients=10", "fl.clients_per_round=8", "fl.local_epochs=3", "optim.lr=0.1", "fl.eval_every=1",
+JOB = ["model=cnn_padded", "fl.num_clients=10", "fl.clients_per_round=8", "fl.local_epochs=3", "optim.lr=0.1", "fl.eval_every=1",
        "fl.checkpoint_every=100", "runtime.progress=false"]
 
 

@@ -113,7 +113,7 @@ def test_impossible_cohorts_are_refused_before_work(caplog):
         FedAvgM(momentum=1.0)
 
 
-SMALL = ("data=digits", "model=cnn", "partition=dirichlet", "fl.num_clients=8", "fl.clients_per_round=5",
+SMALL = ("data=digits", "model=cnn_padded", "partition=dirichlet", "fl.num_clients=8", "fl.clients_per_round=5",
          "fl.rounds=3", "fl.eval_every=3", "train.batch_size=16", "optim.lr=0.1", "fl.checkpoint_every=0")
 
 
@@ -172,7 +172,7 @@ def test_fedsgd_is_one_step_along_the_weighted_mean_gradient(tmp_path):
     shards = simulated_clients(train, partition_indices(train.y, 4, {"name": "dirichlet", "alpha": 0.5}, seed),
                                0.1, seed)
     torch.manual_seed(derive_seed(seed, "init"))
-    model = build_model("cnn", spec.input_shape, spec.num_classes)
+    model = build_model("cnn_padded", spec.input_shape, spec.num_classes)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     grads, total = {k: torch.zeros_like(p) for k, p in model.named_parameters()}, 0
     for shard in shards:

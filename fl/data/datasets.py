@@ -19,7 +19,7 @@ from fl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "synthetic", "folder")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "synthetic", "folder", "csv")
 
 # torchvision class name, raw files that must be present, normalisation (mean, std) per channel.
 _TORCHVISION = {
@@ -51,6 +51,15 @@ class DatasetSpec:
 
     input_shape: tuple[int, int, int]
     num_classes: int
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What a data component returns: the training and test sets and their spec (``test`` may be None)."""
+
+    train: TensorData
+    test: TensorData | None
+    spec: DatasetSpec
 
 
 def _normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

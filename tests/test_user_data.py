@@ -1,0 +1,43 @@
+"""Data by ``data._target_``: a user's function (tensors or a Dataset) and any torchvision class."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import REPO
+from fl.api import run_job
+from fl.errors import ConfigError
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=["runtime.progress=false", *overrides])
+
+
+@pytest.mark.parametrize("as_dataset", [False, True])
+def test_a_users_function_returning_feature_vectors_trains(tmp_path, monkeypatch, as_dataset):
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    cfg = _compose("data=custom", "data._target_=user_data.blobs",
+                   f"+data.as_dataset={as_dataset}", "model=logreg", "fl.num_clients=4", "fl.rounds=5",
+                   "optim.lr=0.2")
+    result = run_job(cfg, tmp_path / "run")
+    assert result.summary["input_shape"] == [6] and result.summary["num_classes"] == 3
+    assert result.summary["final"]["test_accuracy"] > 0.9
+
+
+def test_a_component_that_returns_something_else_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    cfg = _compose("data=custom", "data._target_=user_data.not_data")
+    with pytest.raises(ConfigError, match=r"data._target_='user_data.not_data' is invalid: must return \(train, test\)"):
+        run_job(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_any_torchvision_dataset_class_by_target(tmp_path, shared_data):
+    cfg = _compose("data=torchvision", "data.cls=torchvision.datasets.FashionMNIST", f"data.root={shared_data}",
+                   "data.download=true", "fl.num_clients=20", "fl.clients_per_round=4", "fl.local_steps=25",
+                   "fl.local_epochs=1", "fl.rounds=4", "fl.eval_every=4", "optim.lr=0.1", "fl.holdout_fraction=0")
+    result = run_job(cfg, tmp_path / "run")
+    assert result.summary["input_shape"] == [1, 28, 28] and result.summary["num_classes"] == 10
+    assert result.summary["final"]["test_accuracy"] > 0.6

@@ -1,0 +1,23 @@
+"""Data defined outside ``fl``, as a user's own package would return it (see fl.data.component)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import TensorDataset
+
+
+def blobs(n: int = 400, features: int = 6, classes: int = 3, seed: int = 0, as_dataset: bool = False):
+    """Gaussian blobs as feature vectors: ((x, y), (x, y)) tensors, or two map-style Datasets."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 3 * torch.randn(classes, features, generator=g)
+    y = torch.randint(classes, (n,), generator=g)
+    x = centres[y] + torch.randn(n, features, generator=g)
+    cut = n * 3 // 4
+    train, test = (x[:cut], y[:cut]), (x[cut:], y[cut:])
+    if as_dataset:
+        return TensorDataset(*train), TensorDataset(*test)
+    return train, test
+
+
+def not_data():
+    return "nothing useful"
