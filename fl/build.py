@@ -19,6 +19,7 @@ from fl.cohort import home_rank
 from fl.comm import Comm
 from fl.components import instantiate_component
 from fl.data import component, datasets, folder, tabular
+from fl.data.augment import Augment
 from fl.data.partition import holdout_split
 from fl.data.datasets import DatasetSpec, TensorData
 from fl.data.federation import (ClientShard, partition_indices, simulated_clients, site_client, summary,
@@ -167,6 +168,19 @@ def build_optimizer_factory(cfg: DictConfig) -> OptimizerFactory:
     except (TypeError, ValueError) as e:
         raise ConfigError("optim", OmegaConf.to_container(cfg.optim), str(e)) from None
     return factory
+
+
+def build_augment(cfg: DictConfig, spec: DatasetSpec) -> Augment | None:
+    """The data group's training-time augmentation (``data.augment``), or ``None``; images only."""
+    a = cfg.data.get("augment")
+    if a is None:
+        return None
+    aug = Augment(int(a.crop), bool(a.flip))
+    if aug.active and len(spec.input_shape) != 3:
+        raise ConfigError("data.augment", OmegaConf.to_container(a), f"crops and flips need images [C, H, W]; the "
+                          f"data gives samples of shape {list(spec.input_shape)}: set data.augment.crop=0 "
+                          "data.augment.flip=false")
+    return aug if aug.active else None
 
 
 def build_attack(cfg: DictConfig, num_classes: int) -> Attack:

@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from fl.data.augment import augment
 from fl.data.federation import ClientShard
 from fl.data.datasets import TensorData
 from fl.cohort import local_steps
@@ -55,8 +56,10 @@ def local_train(fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, ta
     model = fm.module
     model.train()
     g = generator(task.seed, "batches", task.round_idx, task.client_id, device=device)
-    torch.manual_seed(derive_seed(task.seed, "dropout", task.round_idx, task.client_id))  # dropout / augmentation
+    torch.manual_seed(derive_seed(task.seed, "dropout", task.round_idx, task.client_id))  # dropout
     opt = task.make_optimizer(list(model.parameters()))
+    aug = task.augment if task.augment is not None and task.augment.active else None
+    g_aug = None if aug is None else generator(task.seed, "augment", task.round_idx, task.client_id, device=device)
     x, y, idx = shard.data.x, shard.data.y, shard.train_idx
     loss_sum = torch.zeros((), device=device)
     seen = steps = 0
@@ -74,7 +77,8 @@ def local_train(fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, ta
             if pos.numel() == 0:  # an empty Poisson batch: nothing to learn from, nothing released
                 continue
             rows = idx[pos]
-            loss = F.cross_entropy(model(x[rows]), y[rows])
+            xb = x[rows] if aug is None else augment(x[rows], aug, g_aug)
+            loss = F.cross_entropy(model(xb), y[rows])
             opt.zero_grad(set_to_none=True)
             (loss if extra_loss is None else loss + extra_loss()).backward()
             opt.step()

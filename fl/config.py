@@ -251,6 +251,9 @@ def _validate_partition(cfg: DictConfig, num_clients: int) -> None:
 
 def _validate_data(cfg: DictConfig, num_clients: int, world_size: int, rank: int) -> None:
     d = cfg.data
+    if d.get("augment") is not None:
+        _int(cfg, "data.augment.crop", 0)
+        _choice(cfg, "data.augment.flip", (True, False))
     if "_target_" in d:  # a data component: it imports and takes the group's keys
         from fl.components import check_arguments, locate
         from fl.data.component import FL_KEYS

@@ -24,7 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import fl
 from fl import checkpoint, evaluation, rundir
 from fl.aggregation import make_aggregator
-from fl.build import Federation, Job, build_attack, build_federation, build_flat_model, build_local_dp, \
+from fl.build import Federation, Job, build_attack, build_augment, build_federation, build_flat_model, build_local_dp, \
     build_privacy, prepare
 from fl.client import local_train
 from fl.client_store import ClientStore
@@ -159,6 +159,7 @@ class Rounds:
         self.stop = stop or StopRequest()
         self.plan = LocalTraining(int(cfg.fl.local_epochs), cfg.fl.local_steps, int(cfg.train.batch_size))
         self.attack = build_attack(cfg, fed.spec.num_classes)
+        self.augment = build_augment(cfg, fed.spec)
         self.privacy = build_privacy(cfg, strategy, transport, len(fm))
         self.local_dp = build_local_dp(cfg, strategy)
         self.accountant: LocalAccountant | None = None
@@ -260,7 +261,7 @@ class Rounds:
                 agg.drop(cid, late=fate == "late")
                 continue
             shard = self.fed.shards[cid]
-            task = ClientTask(cid, rnd, cfg.seed, plan, self.make_optimizer, self.store, self.local_dp)
+            task = ClientTask(cid, rnd, cfg.seed, plan, self.make_optimizer, self.store, self.local_dp, self.augment)
             update = self.strategy.client_update(self.fm, global_flat, self.attack.training_shard(cid, shard), task)
             agg.add(self.attack.poison(update, rnd))
             if self.accountant is not None:

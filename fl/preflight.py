@@ -12,6 +12,7 @@ made: the run directory does not even exist yet.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 from pathlib import Path
@@ -102,7 +103,7 @@ def check_job(overrides: list[str], env: DistEnv, config_dir: str) -> DictConfig
     from fl.build import prepare
 
     cfg = _compose(overrides, config_dir)
-    reference = _compose(_group_choices(overrides, config_dir), config_dir)
+    reference = _reference(tuple(_group_choices(overrides, config_dir)), config_dir)
     check_schema(cfg, reference)
     with _quiet():
         try:
@@ -124,6 +125,13 @@ def _compose(overrides: list[str], config_dir: str) -> DictConfig:
         except (HydraException, OmegaConfBaseException) as e:
             error, reference = e, compose(config_name="config")
     raise translate(error, overrides, reference) from None
+
+
+@functools.lru_cache(maxsize=32)
+def _reference(choices: tuple[str, ...], config_dir: str) -> DictConfig:
+    """The config of these group choices without value overrides (read only; interpolations are
+    resolved when read, so a cached one stays right when environment variables change)."""
+    return _compose(list(choices), config_dir)
 
 
 def _group_choices(overrides: list[str], config_dir: str) -> list[str]:

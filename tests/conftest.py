@@ -15,6 +15,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+# Modules every job imports on first use: torch's optimizers import torch._dynamo (seconds), the digits
+# loader scikit-learn. Imported once here, forked ranks inherit them instead of paying for them each
+# time (neither starts a thread or touches a device).
+import sklearn.datasets  # noqa: E402, F401
+import torch._dynamo  # noqa: E402, F401
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

@@ -32,7 +32,7 @@ from fl.components import instantiate_component, locate
 from fl.data.datasets import DatasetSpec, Loaded, TensorData
 from fl.errors import ConfigError
 
-FL_KEYS = ("on_device",)  # data keys that fl reads itself; not passed to the component
+FL_KEYS = ("on_device", "augment")  # data keys that fl reads itself; not passed to the component
 
 
 def load(node: DictConfig) -> Loaded:

@@ -11,6 +11,8 @@ Use ``optim=sgd`` (the first step of SGD with momentum is the same plain step).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from fl.data.federation import ClientShard
@@ -30,5 +32,4 @@ class FedSGD(FedAvg):
     def client_update(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard,
                       task: ClientTask) -> ClientUpdate:
         plan = LocalTraining(1, 1, self.batch_size or shard.num_train)
-        return super().client_update(fm, global_flat, shard, ClientTask(
-            task.client_id, task.round_idx, task.seed, plan, task.make_optimizer))
+        return super().client_update(fm, global_flat, shard, dataclasses.replace(task, plan=plan))
