@@ -208,11 +208,11 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
     assert not (run_dir / "final_model.pt").exists()
 
 
-def test_ctrl_c_under_torchrun_checkpoints_and_says_interrupted(tmp_path):
-    # The rerun to the uninterrupted model is checked above (Ctrl-C) and by the SIGTERM test under torchrun.
+def test_ctrl_c_under_torchrun_checkpoints_and_the_rerun_gives_the_uninterrupted_model(tmp_path):
+    job = SHORT + ["fl.checkpoint_every=100", "fl.eval_every=1"]
+    fork_ranks(2, run_job, tmp_path, make_cfg(*job), tmp_path / "reference")
     run_dir = tmp_path / "run"
-    cmd = _torchrun("--standalone", "--nproc_per_node=2") + SHORT + ["fl.checkpoint_every=100", "fl.eval_every=1",
-                                                                     f"hydra.run.dir={run_dir}"]
+    cmd = _torchrun("--standalone", "--nproc_per_node=2") + job + [f"hydra.run.dir={run_dir}"]
     proc, err = _interrupt_after_two_rounds(cmd, run_dir)
     assert proc.returncode != 0
     info = json.loads((run_dir / "run.json").read_text())
@@ -220,3 +220,9 @@ def test_ctrl_c_under_torchrun_checkpoints_and_says_interrupted(tmp_path):
     assert "received SIGINT: stopping after the current round" in err
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
     assert len(ckpts) == 1 and ckpts[0] != "round_000012.pt", ckpts
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "completed" and info["resumed_from_round"] == int(ckpts[0][6:12])
+    _assert_same_model(run_dir / "final_model.pt", torch.load(tmp_path / "reference" / "final_model.pt",
+                                                              weights_only=True))
