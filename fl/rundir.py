@@ -91,9 +91,12 @@ def inspect(run_dir: Path) -> Existing:
 
 
 def remove_fresh(run_dir: Path) -> None:
-    """Remove a run directory this job created and leave no empty ``outputs/<date>/`` behind."""
+    """Remove a run directory this job created, and leave no empty ``outputs/<date>/`` behind (only
+    that default layout's date folder: a parent the user chose is theirs, even when empty)."""
     shutil.rmtree(run_dir, ignore_errors=True)
     parent = run_dir.parent
+    if parent.parent.name not in ("outputs", "multirun"):
+        return
     try:
         if parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()

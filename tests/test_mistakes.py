@@ -140,6 +140,10 @@ def test_a_model_the_privacy_setting_cannot_train_fails_before_the_first_round(t
     code, errors, err = _cli(capsys, *TINY, "privacy=dp_sgd_local", "model=cnn_bn", f"hydra.run.dir={run_dir}")
     assert code == 2 and len(errors) == 1 and "model='cnn_bn' is invalid: privacy=dp_sgd_local" in errors[0], err
     assert not (tmp_path / "outputs" / "day").exists(), "no empty outputs/<date>/ litter either"
+    chosen = tmp_path / "my_runs"
+    chosen.mkdir()
+    code, _, _ = _cli(capsys, *TINY, "privacy=dp_sgd_local", "model=cnn_bn", f"hydra.run.dir={chosen / 'run'}")
+    assert code == 2 and chosen.is_dir() and not (chosen / "run").exists(), "a folder the user chose stays"
 
 
 @pytest.fixture(scope="module")
