@@ -178,15 +178,16 @@ def _interrupt_after_two_rounds(cmd: list[str], run_dir: Path, signals: int = 1)
 SHORT = JOB + ["fl.rounds=12", "fl.local_epochs=1"]  # less work keeps the test short; 10 rounds left to stop in
 
 
-def test_ctrl_c_checkpoints_says_interrupted_and_the_rerun_gives_the_uninterrupted_model(tmp_path):
-    job = SHORT + ["fl.checkpoint_every=100", "fl.eval_every=1"]
-    fork_ranks(1, run_job, tmp_path, make_cfg(*job), tmp_path / "reference")
-    run_dir = tmp_path / "run"
-    cmd = [sys.executable, str(REPO / "train.py"), *job, f"hydra.run.dir={run_dir}"]
+CTRL_C_JOB = SHORT + ["fl.checkpoint_every=100", "fl.eval_every=1"]
+
+
+def _ctrl_c_then_rerun(tmp_path: Path, cmd: list[str], run_dir: Path, exit_code: int | None = None) -> str:
+    """Ctrl-C after two rounds: status interrupted and one checkpoint before the last round; the
+    rerun completes from it with the model of the uninterrupted run in ``tmp_path/reference``.
+    ``exit_code``: the interrupted job's exit status (any failure when None). Returns its stderr."""
     proc, err = _interrupt_after_two_rounds(cmd, run_dir)
-    assert proc.returncode == 130, err[-3000:]
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    assert proc.returncode == exit_code if exit_code is not None else proc.returncode != 0, err[-3000:]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted", err[-3000:]
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
     assert len(ckpts) == 1 and ckpts[0] != "round_000012.pt", ckpts
     again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
@@ -195,6 +196,15 @@ def test_ctrl_c_checkpoints_says_interrupted_and_the_rerun_gives_the_uninterrupt
     assert info["status"] == "completed" and info["resumed_from_round"] == int(ckpts[0][6:12])
     _assert_same_model(run_dir / "final_model.pt", torch.load(tmp_path / "reference" / "final_model.pt",
                                                               weights_only=True))
+    return err
+
+
+def test_ctrl_c_checkpoints_says_interrupted_and_the_rerun_gives_the_uninterrupted_model(tmp_path):
+    fork_ranks(1, run_job, tmp_path, make_cfg(*CTRL_C_JOB), tmp_path / "reference")
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "train.py"), *CTRL_C_JOB, f"hydra.run.dir={run_dir}"]
+    err = _ctrl_c_then_rerun(tmp_path, cmd, run_dir, exit_code=130)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path):
@@ -209,20 +219,8 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
 
 
 def test_ctrl_c_under_torchrun_checkpoints_and_the_rerun_gives_the_uninterrupted_model(tmp_path):
-    job = SHORT + ["fl.checkpoint_every=100", "fl.eval_every=1"]
-    fork_ranks(2, run_job, tmp_path, make_cfg(*job), tmp_path / "reference")
+    fork_ranks(2, run_job, tmp_path, make_cfg(*CTRL_C_JOB), tmp_path / "reference")
     run_dir = tmp_path / "run"
-    cmd = _torchrun("--standalone", "--nproc_per_node=2") + job + [f"hydra.run.dir={run_dir}"]
-    proc, err = _interrupt_after_two_rounds(cmd, run_dir)
-    assert proc.returncode != 0
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["status"] == "interrupted", err[-3000:]
+    cmd = _torchrun("--standalone", "--nproc_per_node=2") + CTRL_C_JOB + [f"hydra.run.dir={run_dir}"]
+    err = _ctrl_c_then_rerun(tmp_path, cmd, run_dir)
     assert "received SIGINT: stopping after the current round" in err
-    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
-    assert len(ckpts) == 1 and ckpts[0] != "round_000012.pt", ckpts
-    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["status"] == "completed" and info["resumed_from_round"] == int(ckpts[0][6:12])
-    _assert_same_model(run_dir / "final_model.pt", torch.load(tmp_path / "reference" / "final_model.pt",
-                                                              weights_only=True))
