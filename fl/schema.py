@@ -52,7 +52,8 @@ def _value(node: DictConfig, key: str, full: str) -> Any:
 
 
 def _walk(node: DictConfig, ref: DictConfig, prefix: str, root: DictConfig) -> None:
-    built = "_target_" in ref  # a component's constructor arguments are checked when it is built
+    built = "_target_" in set(ref.keys())  # a component's arguments are checked when it is built (`in ref`
+    # is False for `_target_: ???`, the data=custom default)
     ref_keys, node_keys = set(ref.keys()), set(node.keys())  # `in` would skip keys whose value is ???
     for key in node.keys():
         full = f"{prefix}{key}"

@@ -41,3 +41,13 @@ def test_any_torchvision_dataset_class_by_target(tmp_path, shared_data):
     result = run_job(cfg, tmp_path / "run")
     assert result.summary["input_shape"] == [1, 28, 28] and result.summary["num_classes"] == 10
     assert result.summary["final"]["test_accuracy"] > 0.6
+
+
+def test_the_command_line_passes_plus_keys_to_a_users_data_component(tmp_path, monkeypatch, capsys):
+    from fl import cli
+
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    run = ["data=custom", "data._target_=user_data.blobs", "model=logreg", "fl.rounds=1", "runtime.progress=false"]
+    assert cli.main([*run, "+data.n=120", f"hydra.run.dir={tmp_path / 'run'}"], config_dir=str(REPO / "conf")) == 0
+    assert cli.main([*run, "+data.m=1", f"hydra.run.dir={tmp_path / 'bad'}"], config_dir=str(REPO / "conf")) == 2
+    assert "data.m=1 is invalid: blobs takes no such argument (it takes n, features" in capsys.readouterr().err
