@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 
-from fl.data.datasets import TensorData
 from fl.data.federation import ClientShard
 from fl.seeding import generator
 from fl.types import ClientUpdate
@@ -70,7 +69,7 @@ class Attack:
         """The data the client trains on: flipped labels for a label-flipping client."""
         if self.name != "label_flip" or not self.is_malicious(client_id):
             return shard
-        data = TensorData(shard.data.x, flip_labels(shard.data.y, self.num_classes))
+        data = shard.data.with_labels(flip_labels(shard.data.y, self.num_classes))
         return dataclasses.replace(shard, data=data)
 
     def poison(self, update: ClientUpdate, round_idx: int) -> ClientUpdate:

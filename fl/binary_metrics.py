@@ -1,6 +1,6 @@
 """Metrics of binary classifiers beyond accuracy: ROC-AUC and F1, computed by scikit-learn.
 
-Pure: scores and labels in, numbers out. ROC-AUC is undefined for a set with one class only
+Scores from a model, then pure: scores and labels in, numbers out. ROC-AUC is undefined for a set with one class only
 (a small client's held-out split often is): it is then NaN, and summaries skip it.
 """
 
@@ -12,14 +12,14 @@ import torch
 
 
 @torch.no_grad()
-def positive_scores(model: torch.nn.Module, x: torch.Tensor, idx: torch.Tensor | None, batch_size: int) -> torch.Tensor:
-    """P(class 1) for the rows ``idx`` of ``x`` (all rows when ``None``), float64 on the CPU."""
+def positive_scores(model: torch.nn.Module, data, idx: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+    """P(class 1) for the rows ``idx`` of ``data`` (all rows when ``None``), float64 on the CPU."""
+    from fl.data.stream import batches, chunks
+
     model.eval()
-    n = len(x) if idx is None else int(idx.numel())
-    out = []
-    for start in range(0, n, batch_size):
-        rows = slice(start, start + batch_size) if idx is None else idx[start:start + batch_size]
-        out.append(torch.softmax(model(x[rows]).double(), dim=1)[:, 1].cpu())
+    device = next(model.parameters()).device
+    out = [torch.softmax(model(xb).double(), dim=1)[:, 1].cpu()
+           for _, xb, _ in batches(data, chunks(len(data), idx, batch_size), device)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 

@@ -29,6 +29,7 @@ from fl.local_dp import LocalDP
 from fl.privacy import DPFedAvg
 from fl.flat import FlatModel
 from fl.models import build_model, check_model_config
+from fl.objective import CLASSIFICATION, REGRESSION, check_loss
 from fl.seeding import derive_seed
 from fl.strategies.base import Strategy
 from fl.runtime import resolve_backend, resolve_device
@@ -62,6 +63,7 @@ def build_federation(cfg: DictConfig, comm: Comm, device: torch.device) -> Feder
     if "_target_" in d:  # the user's own data, or any torchvision class (fl.data.component)
         loaded = component.load(d)
         train, test, spec = loaded.train, loaded.test, loaded.spec
+        check_task(cfg, spec.task)
     elif d.name == "digits":
         train, test, spec = datasets.load_digits(float(d.test_fraction), int(d.split_seed))
     elif d.name == "synthetic":
@@ -81,6 +83,23 @@ def build_federation(cfg: DictConfig, comm: Comm, device: torch.device) -> Feder
     shards = dict(enumerate(with_label_groups(shards, groups, spec.num_classes)))
     _check_client_sizes(cfg, shards, len(train))
     return Federation(spec, shards, test, False, summary(shards, spec.num_classes, groups))
+
+
+def check_task(cfg: DictConfig, task: str) -> None:
+    """The loss and the components that read class labels must suit the data's task (fl.objective)."""
+    check_loss(str(cfg.train.get("loss", "auto")), task)
+    if task != REGRESSION:
+        return
+    label_based = [(key, value) for key, value, bad in (
+        ("partition", cfg.partition.get("name"), cfg.partition.get("name") not in (None, "iid")
+         and cfg.data.get("name") not in ("csv", "folder")),
+        ("partition.label_groups", cfg.partition.get("label_groups", 1), cfg.partition.get("label_groups", 1) != 1),
+        ("attack", cfg.attack.get("name"), cfg.attack.get("name") == "label_flip"),
+    ) if bad]
+    if label_based:
+        key, value = label_based[0]
+        raise ConfigError(key, value, "works on class labels, but the data has a regression target "
+                          "(data.task=regression); use partition=iid or another attack")
 
 
 def _check_client_sizes(cfg: DictConfig, shards: dict[int, ClientShard], dataset_size: int | None) -> None:
@@ -131,16 +150,17 @@ def _build_tables(cfg: DictConfig, comm: Comm, device: torch.device) -> Federati
         return holdout_split(torch.arange(n), fraction, derive_seed(cfg.seed, "holdout", cid))[0]
 
     features = None if d.features is None else [str(f) for f in d.features]
+    regression = d.get("task", CLASSIFICATION) == REGRESSION
     tables, schema, sums = tabular.load_sites(comm, str(d.root), mine, str(d.target), features,
-                                              [str(c) for c in d.categorical], train_rows)
+                                              [str(c) for c in d.categorical], train_rows, regression)
     shards = {c: site_client(tables[c].to(device), fraction, cfg.seed, c) for c in mine}
     _check_client_sizes(cfg, shards, None)
     test = None
     if d.test_root is not None:
         table = tabular.read_table(folder.Path(str(d.test_root)))
-        encoded = tabular.encode(table, str(d.target), schema, key="data.test_root")
+        encoded = tabular.encode(table, str(d.target), schema, key="data.test_root", regression=regression)
         test = TensorData(tabular.standardise(encoded.x, len(schema.numeric), sums), encoded.y).to(device)
-    spec = DatasetSpec((schema.width,), len(schema.classes))
+    spec = DatasetSpec((schema.width,), 1, REGRESSION) if regression else DatasetSpec((schema.width,), len(schema.classes))
     parts = comm.all_gather_object(summary(shards, spec.num_classes)["clients"])
     clients = {k: v for part in parts for k, v in part.items()}
     return Federation(spec, shards, test, True, {
@@ -253,6 +273,7 @@ def prepare(cfg: DictConfig, world_size: int, rank: int = 0, local_rank: int = 0
     from fl.config import validate
 
     validate(cfg, world_size, rank)
+    check_task(cfg, str(cfg.data.get("task", CLASSIFICATION)))
     check_model_config(cfg.model)
     device = resolve_device(cfg.runtime.device, local_rank)
     backend = resolve_backend(cfg.runtime.backend, device)

@@ -10,14 +10,15 @@ import contextlib
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 
 from fl.data.augment import augment
 from fl.data.federation import ClientShard
 from fl.data.datasets import TensorData
+from fl.data.stream import StreamData, batches, chunks
 from fl.cohort import local_steps
 from fl.flat import FlatModel
 from fl.local_dp import dp_sgd, poisson_batches
+from fl.objective import CLASSIFICATION, eval_sums, loss as objective_loss
 from fl.seeding import derive_seed, generator
 from fl.types import ClientTask, ClientUpdate, LocalTraining
 
@@ -60,25 +61,25 @@ def local_train(fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, ta
     opt = task.make_optimizer(list(model.parameters()))
     aug = task.augment if task.augment is not None and task.augment.active else None
     g_aug = None if aug is None else generator(task.seed, "augment", task.round_idx, task.client_id, device=device)
-    x, y, idx = shard.data.x, shard.data.y, shard.train_idx
+    idx = shard.train_idx
     loss_sum = torch.zeros((), device=device)
     seen = steps = 0
     if task.dp is None:
-        batches, private = batch_indices(shard.num_train, task.plan, g, device), contextlib.nullcontext((model, opt))
+        positions, private = batch_indices(shard.num_train, task.plan, g, device), contextlib.nullcontext((model, opt))
     else:
         plan = task.plan
-        batches = poisson_batches(shard.num_train, min(1.0, plan.batch_size / shard.num_train),
-                                  local_steps(shard.num_train, plan.epochs, plan.steps, plan.batch_size), g, device)
+        positions = poisson_batches(shard.num_train, min(1.0, plan.batch_size / shard.num_train),
+                                    local_steps(shard.num_train, plan.epochs, plan.steps, plan.batch_size), g, device)
         noise = generator(task.seed, "dp_sgd_noise", task.round_idx, task.client_id, device=device)
         private = dp_sgd(model, opt, task.dp, plan.batch_size, noise)
     with private as (model, opt):
-        for pos in batches:
+        for rows, xb, yb in batches(shard.data, (idx[pos.to(idx.device)] for pos in positions), device):
             steps += 1
-            if pos.numel() == 0:  # an empty Poisson batch: nothing to learn from, nothing released
+            if xb is None:  # an empty Poisson batch: nothing to learn from, nothing released
                 continue
-            rows = idx[pos]
-            xb = x[rows] if aug is None else augment(x[rows], aug, g_aug)
-            loss = F.cross_entropy(model(xb), y[rows])
+            if aug is not None:
+                xb = augment(xb, aug, g_aug)
+            loss = objective_loss(model(xb), yb, task.objective)
             opt.zero_grad(set_to_none=True)
             (loss if extra_loss is None else loss + extra_loss()).backward()
             opt.step()
@@ -88,16 +89,16 @@ def local_train(fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, ta
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: TensorData, idx: torch.Tensor | None, batch_size: int) -> torch.Tensor:
-    """``[loss_sum, num_correct, count]`` (float64, on the data's device) over ``data[idx]``."""
+def evaluate(model: torch.nn.Module, data: TensorData | StreamData, idx: torch.Tensor | None, batch_size: int,
+             task: str = CLASSIFICATION) -> torch.Tensor:
+    """``[loss_sum, num_correct, count]`` (float64, on the data's device) over ``data[idx]``; for a
+    regression ``task``, ``[squared_error_sum, absolute_error_sum, count]`` (:mod:`fl.objective`)."""
     model.eval()
     out = torch.zeros(3, dtype=torch.float64, device=data.y.device)
-    n = len(data) if idx is None else int(idx.numel())
-    for start in range(0, n, batch_size):
-        rows = slice(start, start + batch_size) if idx is None else idx[start:start + batch_size]
-        xb, yb = data.x[rows], data.y[rows]
-        logits = model(xb)
-        out[0] += F.cross_entropy(logits, yb, reduction="sum").double()
-        out[1] += (logits.argmax(1) == yb).sum()
+    device = next(model.parameters()).device
+    for _, xb, yb in batches(data, chunks(len(data), idx, batch_size), device):
+        loss_sum, second = eval_sums(model(xb), yb, task)
+        out[0] += loss_sum.to(out.device)
+        out[1] += second.to(out.device)
         out[2] += yb.numel()
     return out

@@ -142,8 +142,9 @@ def _already_complete(comm: Comm, run_dir: Path, existing: Existing) -> dict:
     return {**info, "already_complete": True}
 
 
-_SUMMARY_KEYS = ("train_loss", "test_loss", "test_accuracy", "test_roc_auc", "test_f1", "client_accuracy_mean",
-                 "client_accuracy_p10", "client_roc_auc_mean", "client_roc_auc_p10", "client_f1_mean")
+_SUMMARY_KEYS = ("train_loss", "test_loss", "test_accuracy", "test_mae", "test_roc_auc", "test_f1",
+                 "client_accuracy_mean", "client_accuracy_p10", "client_mae_mean", "client_mae_p90",
+                 "client_roc_auc_mean", "client_roc_auc_p10", "client_f1_mean")
 
 
 class Rounds:
@@ -208,7 +209,7 @@ class Rounds:
                     train_cpu_s += time.process_time() - cpu0 - cpu_eval
                     eval_s += t_eval
                     last.update(metrics)
-                    bar.set_postfix({k: f"{last[k]:.4f}" for k in ("train_loss", "test_accuracy") if k in last})
+                    bar.set_postfix({k: f"{last[k]:.4f}" for k in ("train_loss", "test_accuracy", "test_mae") if k in last})
                     bar.update()
                     log.info("%s", round_line(rnd + 1, rounds, metrics))
                     if result.stop:
@@ -261,7 +262,8 @@ class Rounds:
                 agg.drop(cid, late=fate == "late")
                 continue
             shard = self.fed.shards[cid]
-            task = ClientTask(cid, rnd, cfg.seed, plan, self.make_optimizer, self.store, self.local_dp, self.augment)
+            task = ClientTask(cid, rnd, cfg.seed, plan, self.make_optimizer, self.store, self.local_dp, self.augment,
+                              self.fed.spec.task)
             update = self.strategy.client_update(self.fm, global_flat, self.attack.training_shard(cid, shard), task)
             agg.add(self.attack.poison(update, rnd))
             if self.accountant is not None:
@@ -323,7 +325,7 @@ class Rounds:
         out: dict[str, float] = {}
         if self.fed.test is not None:
             out.update(evaluation.centralized(self.fm.module, self.fed.test, comm, cfg.train.eval_batch_size,
-                                              binary=self.fed.spec.num_classes == 2))
+                                              binary=self.fed.spec.num_classes == 2, task=self.fed.spec.task))
         if cfg.fl.holdout_fraction > 0:
             k = cfg.fl.eval_clients or cfg.fl.num_clients
             by_rank = assign(sample_cohort(cfg.seed, rnd, cfg.fl.num_clients, k, "eval"), comm.world_size,
@@ -331,7 +333,7 @@ class Rounds:
             out.update(evaluation.federated(self.fm.module, self.fed.shards, by_rank[comm.rank],
                                             max(len(r) for r in by_rank), comm, cfg.train.eval_batch_size,
                                             self.device, self._personalizer(rnd, global_flat),
-                                            binary=self.fed.spec.num_classes == 2))
+                                            binary=self.fed.spec.num_classes == 2, task=self.fed.spec.task))
         return out
 
     def _personalizer(self, rnd: int, global_flat: torch.Tensor):
@@ -344,7 +346,8 @@ class Rounds:
             self.strategy.personal_model(self.fm, global_flat, cid, rnd, self.store, self.fed.shards[cid])
             if finetune:
                 plan = LocalTraining(1, int(self.cfg.personalization.steps), self.plan.batch_size)
-                task = ClientTask(cid, rnd, self.cfg.seed, plan, self.make_optimizer, self.store)
+                task = ClientTask(cid, rnd, self.cfg.seed, plan, self.make_optimizer, self.store,
+                                  objective=self.fed.spec.task)
                 local_train(self.fm, self.fm.flat.clone(), self.fed.shards[cid], task)
             self.fm.module.eval()
 
@@ -390,8 +393,9 @@ def round_line(round_num: int, rounds: int, m: dict[str, float]) -> str:
     parts = [f"round {round_num}/{rounds}", f"clients={m['clients']}"]
     parts += [f"{k}={m[k]}" for k in ("dropped", "late", "rejected") if m.get(k)]
     parts.append(f"train_loss={m['train_loss']:.4f}")
-    parts += [f"{k}={m[k]:.4f}" for k in ("test_accuracy", "test_roc_auc", "client_accuracy_mean", "client_roc_auc_mean",
-                                          "personal_accuracy_mean") if isinstance(m.get(k), float)]
+    parts += [f"{k}={m[k]:.4f}" for k in ("test_accuracy", "test_mae", "test_roc_auc", "client_accuracy_mean",
+                                          "client_mae_mean", "client_roc_auc_mean", "personal_accuracy_mean")
+              if isinstance(m.get(k), float)]
     parts.append(f"train_s={m['round_s']:.2f}")
     if "eval_s" in m:
         parts.append(f"eval_s={m['eval_s']:.2f}")

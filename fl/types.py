@@ -52,6 +52,7 @@ class ClientTask:
     store: Any = None  # fl.client_store.ClientStore: per-client state across rounds
     dp: Any = None  # fl.local_dp.LocalDP: DP-SGD local training (privacy=dp_sgd_local)
     augment: Any = None  # fl.data.augment.Augment: random crops and flips of training batches
+    objective: str = "classification"  # or "regression": the loss (fl.objective)
 
 
 @dataclass(frozen=True)

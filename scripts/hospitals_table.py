@@ -27,6 +27,7 @@ from fl.api import run_job  # noqa: E402
 from fl.binary_metrics import positive_scores, roc_auc_f1  # noqa: E402
 from fl.comm import Comm  # noqa: E402
 from fl.data import tabular  # noqa: E402
+from fl.data.datasets import TensorData  # noqa: E402
 from fl.data.hospitals import make  # noqa: E402
 from fl.data.partition import holdout_split  # noqa: E402
 from fl.models import build_model  # noqa: E402
@@ -36,7 +37,7 @@ from fl.seeding import derive_seed  # noqa: E402
 def _metrics(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     with torch.no_grad():
         acc = float((model.eval()(x).argmax(1) == y).double().mean())
-    return acc, roc_auc_f1(positive_scores(model, x, None, 1024), y)[0]
+    return acc, roc_auc_f1(positive_scores(model, TensorData(x, y), None, 1024), y)[0]
 
 
 def main() -> None:

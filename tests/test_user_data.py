@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import REPO
@@ -32,6 +33,22 @@ def test_a_component_that_returns_something_else_is_one_clear_error(tmp_path, mo
     with pytest.raises(ConfigError, match=r"data._target_='user_data.not_data' is invalid: must return \(train, test\)"):
         run_job(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_users_regression_target_trains_and_label_partitions_are_refused(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    task = ["data=custom", "data._target_=user_data.linear", "data.task=regression", "model=logreg", "fl.num_clients=4"]
+    result = run_job(_compose(*task, "fl.rounds=10", "optim.lr=0.1"), tmp_path / "run")
+    assert result.summary["num_classes"] == 1
+    # the noise has variance 0.01 and the target about 5: a fitted linear model reaches the noise floor
+    assert result.summary["final"]["test_mse"] < 0.02 and result.summary["final"]["client_mae_mean"] < 0.15
+    assert result.model(torch.zeros(2, 5)).shape == (2, 1)
+    with pytest.raises(ConfigError, match=r"partition='dirichlet' is invalid: works on class labels, but the data "
+                                          r"has a regression target"):
+        run_job(_compose(*task, "partition=dirichlet"), tmp_path / "run2")
+    with pytest.raises(ConfigError, match=r"labels must be class indices 0..C-1; for real-valued targets set "
+                                          r"data.task=regression"):
+        run_job(_compose("data=custom", "data._target_=user_data.linear"), tmp_path / "run3")
 
 
 def test_any_torchvision_dataset_class_by_target(tmp_path, shared_data):

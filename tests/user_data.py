@@ -21,3 +21,13 @@ def blobs(n: int = 400, features: int = 6, classes: int = 3, seed: int = 0, as_d
 
 def not_data():
     return "nothing useful"
+
+
+def linear(n: int = 400, features: int = 5, noise: float = 0.1, seed: int = 0):
+    """A real-valued target, y = x . w + noise, as ((x, y), (x, y)) float tensors (data.task=regression)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(features, generator=g)
+    x = torch.randn(n, features, generator=g)
+    y = x @ w + noise * torch.randn(n, generator=g)
+    cut = n * 3 // 4
+    return (x[:cut], y[:cut]), (x[cut:], y[cut:])

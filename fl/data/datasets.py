@@ -44,13 +44,18 @@ class TensorData:
     def to(self, device: torch.device) -> "TensorData":
         return TensorData(self.x.to(device), self.y.to(device))
 
+    def with_labels(self, y: torch.Tensor) -> "TensorData":
+        return TensorData(self.x, y)
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What a model needs to know about the data: input shape and class count."""
+    """What a model needs to know about the data: input shape, class count (the model's output width:
+    1 for regression) and the task, ``classification`` or ``regression`` (:mod:`fl.objective`)."""
 
     input_shape: tuple[int, int, int]
     num_classes: int
+    task: str = "classification"
 
 
 @dataclass(frozen=True)

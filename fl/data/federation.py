@@ -13,14 +13,16 @@ import torch
 
 from fl.data import partition as P
 from fl.data.datasets import TensorData
+from fl.data.stream import StreamData
 from fl.seeding import derive_seed
 
 
 @dataclass(frozen=True)
 class ClientShard:
-    """One client's data: ``data`` and index tensors into it (all on the same device)."""
+    """One client's data: ``data`` and index tensors into it (on the data's device; a
+    :class:`~fl.data.stream.StreamData` keeps labels and indices on the CPU)."""
 
-    data: TensorData
+    data: "TensorData | StreamData"
     train_idx: torch.Tensor
     holdout_idx: torch.Tensor
 
@@ -72,7 +74,7 @@ def with_label_groups(shards: list[ClientShard], num_groups: int, num_classes: i
     if num_groups == 1:
         return shards
     base = shards[0].data
-    data = [base] + [TensorData(base.x, rotate_labels(base.y, g, num_groups, num_classes))
+    data = [base] + [base.with_labels(rotate_labels(base.y, g, num_groups, num_classes))
                      for g in range(1, num_groups)]
     return [ClientShard(data[c % num_groups], s.train_idx, s.holdout_idx) for c, s in enumerate(shards)]
 
@@ -85,12 +87,17 @@ def site_client(data: TensorData, holdout_fraction: float, seed: int, cid: int) 
 
 
 def summary(shards: dict[int, ClientShard], num_classes: int, num_groups: int = 1) -> dict:
-    """Per-client sample counts and training-label histograms (for ``partition.json``)."""
+    """Per-client sample counts and training-label histograms (for ``partition.json``); for a
+    regression target (float labels) the target's mean instead of a histogram."""
     clients = {}
     for cid in sorted(shards):
         s = shards[cid]
-        hist = torch.bincount(s.data.y[s.train_idx].cpu(), minlength=num_classes)
-        clients[str(cid)] = {"num_train": s.num_train, "num_holdout": s.num_holdout, "label_counts": hist.tolist()}
+        y = s.data.y[s.train_idx].cpu()
+        clients[str(cid)] = {"num_train": s.num_train, "num_holdout": s.num_holdout}
+        if y.is_floating_point():
+            clients[str(cid)]["target_mean"] = float(y.double().mean()) if len(y) else None
+        else:
+            clients[str(cid)]["label_counts"] = torch.bincount(y, minlength=num_classes).tolist()
         if num_groups > 1:
             clients[str(cid)]["label_group"] = cid % num_groups
     sizes = torch.tensor([c["num_train"] for c in clients.values()], dtype=torch.float64)

@@ -1,8 +1,8 @@
 """Per-site tables (``data=csv``): each hospital or bank reads its own file; no row leaves it.
 
 ``data.root`` contains ``{client}`` (``/data/hospital_{client}.csv``, or ``.parquet``); the rank
-that hosts client ``c`` reads only that file. ``data.target`` names the label column; every other
-column is a feature (or only ``data.features`` when given). Numeric columns are used as they are;
+that hosts client ``c`` reads only that file. ``data.target`` names the label column (class names, or with
+``data.task=regression`` a numeric target such as a risk score); every other column is a feature (or only ``data.features`` when given). Numeric columns are used as they are;
 columns with non-numeric values, and those listed in ``data.categorical``, are one-hot encoded.
 
 What the sites agree on, and how, without moving a row:
@@ -97,9 +97,10 @@ class Schema:
         return len(self.numeric) + sum(len(c) for c in self.categorical.values())
 
 
-def local_schema(table: Table, target: str, features: list[str] | None, categorical: list[str]) -> dict:
+def local_schema(table: Table, target: str, features: list[str] | None, categorical: list[str],
+                 regression: bool = False) -> dict:
     """What this site contributes to the agreement: its feature columns, which of them are not
-    numeric, and the category and label *names* it holds (no rows)."""
+    numeric, and the category and label *names* it holds (no rows; no labels for a regression target)."""
     if target not in table.columns:
         raise ConfigError("data.target", target, f"is not a column of {table.path} (it has {', '.join(table.columns)})")
     cols = [c for c in (features or table.columns) if c != target]
@@ -109,8 +110,13 @@ def local_schema(table: Table, target: str, features: list[str] | None, categori
     if not table.rows:
         raise ConfigError("data.root", table.path, "has no rows")
     non_numeric = sorted(c for c in cols if c in categorical or not all(_is_number(v) for v in table.column(c)))
+    if regression:
+        bad = next((v for v in table.column(target) if not _is_number(v)), None)
+        if bad is not None:
+            raise ConfigError("data.target", target, f"is a regression target (data.task=regression) but {table.path} "
+                              f"has the non-numeric value {bad!r} in it")
     return {"path": table.path, "features": cols, "categorical": {c: sorted(set(table.column(c))) for c in non_numeric},
-            "labels": sorted(set(table.column(target)))}
+            "labels": [] if regression else sorted(set(table.column(target)))}
 
 
 def agree(parts: list[dict]) -> Schema:
@@ -137,8 +143,9 @@ def _num_or(v: str) -> object:
     return float(v) if _is_number(v) else v
 
 
-def encode(table: Table, target: str, schema: Schema, key: str = "data.root") -> TensorData:
-    """Features ``[N, width]`` (numeric columns, then one-hot blocks) and label indices ``[N]``.
+def encode(table: Table, target: str, schema: Schema, key: str = "data.root", regression: bool = False) -> TensorData:
+    """Features ``[N, width]`` (numeric columns, then one-hot blocks) and label indices ``[N]``
+    (``regression``: the target's values, float32).
 
     ``key`` names the config key in errors (a value the agreed schema does not know)."""
     missing = [c for c in [*schema.numeric, *schema.categorical, target] if c not in table.columns]
@@ -160,8 +167,13 @@ def encode(table: Table, target: str, schema: Schema, key: str = "data.root") ->
             raise ConfigError(key, table.path, f"column {c!r} has categories no site trains on: {unknown[:3]}")
         x[torch.arange(n), offset + torch.tensor([index[v] for v in values], dtype=torch.int64)] = 1.0
         offset += len(cats)
-    label = {v: i for i, v in enumerate(schema.classes)}
     labels = table.column(target)
+    if regression:
+        bad = next((v for v in labels if not _is_number(v)), None)
+        if bad is not None:
+            raise ConfigError(key, table.path, f"target {target!r} has the non-numeric value {bad!r}")
+        return TensorData(x, torch.tensor([float(v) for v in labels], dtype=torch.float32))
+    label = {v: i for i, v in enumerate(schema.classes)}
     unknown = sorted(set(labels) - set(label))
     if unknown:
         raise ConfigError(key, table.path, f"target {target!r} has classes no site trains on: {unknown[:3]}")
@@ -186,8 +198,8 @@ def standardise(x: torch.Tensor, numeric: int, sums: torch.Tensor) -> torch.Tens
 
 
 def load_sites(comm: Comm, root: str, clients: list[int], target: str, features: list[str] | None,
-               categorical: list[str], train_rows: Callable[[int, int], torch.Tensor] | None = None
-               ) -> tuple[dict[int, TensorData], Schema, torch.Tensor]:
+               categorical: list[str], train_rows: Callable[[int, int], torch.Tensor] | None = None,
+               regression: bool = False) -> tuple[dict[int, TensorData], Schema, torch.Tensor]:
     """Collective. This rank's sites as standardised tensors, the agreed schema and the global moment sums.
 
     ``train_rows(client, num_rows)``: the row indices that are the client's training data (the
@@ -196,10 +208,10 @@ def load_sites(comm: Comm, root: str, clients: list[int], target: str, features:
     if "{client}" not in root:
         raise ConfigError("data.root", root, "must contain '{client}', e.g. /data/hospital_{client}.csv")
     tables = {c: read_table(site_path(root, c)) for c in clients}
-    mine = [local_schema(t, target, features, categorical) for t in tables.values()]
+    mine = [local_schema(t, target, features, categorical, regression) for t in tables.values()]
     parts = [p for rank_parts in comm.all_gather_object(mine) for p in rank_parts]
     schema = agree(parts)
-    encoded = {c: encode(t, target, schema) for c, t in tables.items()}
+    encoded = {c: encode(t, target, schema, regression=regression) for c, t in tables.items()}
     sums = torch.zeros(1 + 2 * len(schema.numeric), dtype=torch.float64, device=comm.device)
     for c, d in encoded.items():
         rows = d.x if train_rows is None else d.x[train_rows(c, len(d))]

@@ -34,6 +34,7 @@ from fl.client import evaluate, local_train
 from fl.data.federation import ClientShard
 from fl.errors import ConfigError
 from fl.flat import FlatModel
+from fl.objective import CLASSIFICATION, REGRESSION
 from fl.seeding import derive_seed, generator
 from fl.strategies.base import weighted_mean
 from fl.strategies.fedavg import FedAvg
@@ -133,15 +134,16 @@ class Clustered(FedAvg):
         return self.assignment == "loss" or self.updates >= self.warmup
 
     def cluster_of(self, fm: FlatModel, shard: ClientShard, client_id: int) -> int:
-        """The cluster a client trains and evaluates with now."""
+        """The cluster a client trains and evaluates with now (by loss: MSE for float regression targets)."""
         if not self.clustered:
             return 0
         if self.assignment == "kmeans" and self.labels[client_id] >= 0:
             return int(self.labels[client_id])
+        objective = REGRESSION if shard.data.y.is_floating_point() else CLASSIFICATION
         losses = []
         for j in range(self.k):
             fm.load_(self.models[j].to(fm.flat.device))
-            loss_sum, _, count = evaluate(fm.module, shard.data, shard.train_idx, 1024).tolist()
+            loss_sum, _, count = evaluate(fm.module, shard.data, shard.train_idx, 1024, objective).tolist()
             losses.append(loss_sum / max(count, 1))
         return min(range(self.k), key=lambda j: losses[j])
 
