@@ -10,10 +10,13 @@ turns a user's mistake into one line and exit status 2 (see ``fl/cli.py``).
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
 from fl.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(config_dir=str(Path(__file__).resolve().parent / "conf")))
+    code = main(config_dir=str(Path(__file__).resolve().parent / "conf"))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the job is over: a late Ctrl-C must not interrupt the exit
+    sys.exit(code)

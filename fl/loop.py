@@ -42,7 +42,6 @@ from fl.records import save_torch, write_json
 from fl.resume import Resume, decide, fingerprint
 from fl.rundir import Existing, agree_run_dir
 from fl.runtime import DistEnv, process_group
-from fl.secure_sum import SecureSumAggregator
 from fl.strategies.base import Strategy
 from fl.types import ClientTask, LocalTraining, OptimizerFactory, RoundResult
 
@@ -177,6 +176,7 @@ class Rounds:
 
     def run(self) -> dict:
         cfg, comm = self.cfg, self.comm
+        rounds_started = time.time()  # set-up (imports, Hydra, data, partition, model) ends here
         start, global_flat = self.resume.start, self.global_flat
         rounds = int(cfg.fl.rounds)
         sink = MetricsSink(self.run_dir, start) if comm.is_main else NullSink()
@@ -230,7 +230,7 @@ class Rounds:
             last = {k: v for k, v in (_last_record(self.run_dir / "metrics.jsonl") or {}).items() if k != "round"}
         return {"rounds": rounds, "resumed_from_round": start, "rounds_run": done, "preempted": preempted,
                 "train_s": train_s, "train_cpu_s": train_cpu_s, "eval_s": eval_s,
-                "round_s_mean": train_s / done if done else None, "final": last}
+                "round_s_mean": train_s / done if done else None, "rounds_started_unix": rounds_started, "final": last}
 
     def _round_metrics(self, rnd: int, result: RoundResult) -> dict[str, float]:
         metrics = {"train_loss": result.train_loss, "clients": result.num_clients, "dropped": result.dropped,
@@ -251,6 +251,8 @@ class Rounds:
         cohort = sample_cohort(cfg.seed, rnd, cfg.fl.num_clients, cfg.fl.clients_per_round)
         by_rank = assign(cohort, comm.world_size, self.fed.per_site)
         if cfg.secagg.name == "masking":
+            from fl.secure_sum import SecureSumAggregator  # cryptography: only runs with secagg import it
+
             agg = SecureSumAggregator(self.strategy, comm, len(self.fm), self.device, cohort, by_rank[comm.rank], rnd,
                                       int(cfg.secagg.frac_bits), int(cfg.fl.min_clients_per_round), self.privacy,
                                       cfg.secagg.dropout == "recover", float(cfg.secagg.threshold))

@@ -3,7 +3,9 @@
 Workload (conf/experiment/bench.yaml): real MNIST, `cnn`, 100 clients, 10 per round, E=1, B=32,
 SGD lr 0.05, 20 rounds, 2 ranks on this machine. Both programs time their round loop only
 (after data loading and process-group set-up); fl's time includes all its per-round work
-(sampling, bookkeeping, TensorBoard logging) but not the final evaluation.
+(sampling, bookkeeping, TensorBoard logging) but not the final evaluation. Start-up, from
+launching torchrun to the first round (imports, Hydra, data, partition, model), is reported for
+both programs and for fl's default job (`make run`'s: digits, mlp).
 
     python scripts/bench.py [--nproc 2] [--repeats 5] [--data-root DIR]
 
@@ -19,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,26 +43,31 @@ def data_root(arg: str | None) -> Path:
     return root
 
 
-def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    """The finished launch and the wall-clock time it was started at."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    launched = time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-4000:]}")
-    return proc
+    return proc, launched
 
 
-def run_fl(nproc: int, root: Path, rounds: int) -> dict:
+def run_fl(nproc: int, root: Path | None, rounds: int, *overrides: str) -> dict:
+    """fl's round time, and its start-up: from launching torchrun to the first round (imports, Hydra,
+    data, partition, model)."""
+    job = ("experiment=bench", f"data.root={root}") if root is not None else ()
     with tempfile.TemporaryDirectory(prefix="fl-bench-") as tmp:
-        torchrun(nproc, "train.py", "experiment=bench", f"data.root={root}", f"fl.rounds={rounds}",
-                 f"hydra.run.dir={tmp}")
+        _, launched = torchrun(nproc, "train.py", *job, f"fl.rounds={rounds}", *overrides, f"hydra.run.dir={tmp}")
         info = json.loads((Path(tmp) / "run.json").read_text())
     return {"round_s": info["train_s"] / info["rounds_run"], "round_cpu_s": info["train_cpu_s"] / info["rounds_run"],
-            "test_accuracy": info["final"]["test_accuracy"]}
+            "test_accuracy": info["final"]["test_accuracy"], "startup_s": info["rounds_started_unix"] - launched}
 
 
 def run_minimal(nproc: int, root: Path, rounds: int) -> dict:
-    proc = torchrun(nproc, "scripts/minimal_fedavg.py", f"--data-root={root}", f"--rounds={rounds}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    proc, launched = torchrun(nproc, "scripts/minimal_fedavg.py", f"--data-root={root}", f"--rounds={rounds}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**out, "startup_s": out["rounds_started_unix"] - launched}
 
 
 def main() -> None:
@@ -71,9 +79,12 @@ def main() -> None:
     a = p.parse_args()
     root = data_root(a.data_root)
     fl_s, min_s, fl_cpu, min_cpu, fl_acc, min_acc = [], [], [], [], [], []
+    fl_up, min_up, default_up = [], [], []
     for i in range(a.repeats):  # interleaved, so drift in machine load hits both alike
         m = run_minimal(a.nproc, root, a.rounds)
         f = run_fl(a.nproc, root, a.rounds)
+        d = run_fl(a.nproc, None, 1, "runtime.progress=false")  # the default job (make run): start-up only
+        min_up.append(m["startup_s"]), fl_up.append(f["startup_s"]), default_up.append(d["startup_s"])
         min_s.append(m["round_s"]), fl_s.append(f["round_s"])
         min_cpu.append(m["round_cpu_s"]), fl_cpu.append(f["round_cpu_s"])
         min_acc.append(m["test_accuracy"]), fl_acc.append(f["test_accuracy"])
@@ -97,6 +108,9 @@ def main() -> None:
         "cpu_ratio_paired_all": [round(r, 3) for r in cpu_ratios],
         "fl_test_accuracy": round(statistics.median(fl_acc), 4),
         "minimal_test_accuracy": round(statistics.median(min_acc), 4), "repeats": a.repeats,
+        "startup_s_median": {"minimal_mnist": round(statistics.median(min_up), 2),
+                             "fl_mnist_bench": round(statistics.median(fl_up), 2),
+                             "fl_default_job": round(statistics.median(default_up), 2)},
     }, indent=2))
 
 

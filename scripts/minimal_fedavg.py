@@ -57,6 +57,7 @@ def main() -> None:
     dist.broadcast(global_w, 0)
 
     dist.barrier()
+    rounds_started = time.time()
     start, cpu_start = time.perf_counter(), time.process_time()
     for rnd in range(a.rounds):
         g = torch.Generator().manual_seed(a.seed * 100003 + rnd)
@@ -88,7 +89,7 @@ def main() -> None:
     if rank == 0:
         print(json.dumps({"program": "minimal", "world_size": world, "rounds": a.rounds,
                           "round_s": elapsed / a.rounds, "round_cpu_s": cpu / a.rounds,
-                          "test_accuracy": accuracy}), flush=True)
+                          "test_accuracy": accuracy, "rounds_started_unix": rounds_started}), flush=True)
     dist.destroy_process_group()
 
 

@@ -209,7 +209,9 @@ def test_ctrl_c_checkpoints_says_interrupted_and_the_rerun_gives_the_uninterrupt
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, str(REPO / "train.py"), *SHORT, "fl.eval_every=1", f"hydra.run.dir={run_dir}"]
+    # rounds of about a second, so that the second Ctrl-C (50 ms after the first) lands inside one
+    cmd = [sys.executable, str(REPO / "train.py"), *SHORT, "fl.local_epochs=20", "fl.eval_every=1",
+           f"hydra.run.dir={run_dir}"]
     proc, err = _interrupt_after_two_rounds(cmd, run_dir, signals=2)
     assert proc.returncode == 130, err[-3000:]
     assert "second Ctrl-C: stopping now" in err and "Traceback" not in err
