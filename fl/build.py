@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import partial
+from typing import Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -17,13 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 from fl.attacks import Attack, malicious_clients
 from fl.cohort import home_rank
 from fl.comm import Comm
-from fl.components import instantiate_component
+from fl.components import instantiate_component, locate
 from fl.data import component, datasets, folder, tabular
 from fl.data.augment import Augment
 from fl.data.partition import holdout_split
 from fl.data.datasets import DatasetSpec, TensorData
 from fl.data.federation import (ClientShard, partition_indices, simulated_clients, site_client, summary,
                                 with_label_groups)
+from fl.config import partition_name
 from fl.errors import ConfigError
 from fl.local_dp import LocalDP
 from fl.privacy import DPFedAvg
@@ -63,7 +65,7 @@ def build_federation(cfg: DictConfig, comm: Comm, device: torch.device) -> Feder
     if "_target_" in d:  # the user's own data, or any torchvision class (fl.data.component)
         loaded = component.load(d)
         train, test, spec = loaded.train, loaded.test, loaded.spec
-        check_task(cfg, spec.task)
+        check_task(cfg, spec.task, build_partitioner(cfg))
     elif d.name == "digits":
         train, test, spec = datasets.load_digits(float(d.test_fraction), int(d.split_seed))
     elif d.name == "synthetic":
@@ -76,7 +78,8 @@ def build_federation(cfg: DictConfig, comm: Comm, device: torch.device) -> Feder
             datasets.prepare(d.name, str(d.root), bool(d.download))
         comm.barrier()
         train, test, spec = datasets.load_torchvision(d.name, str(d.root))
-    parts = partition_indices(train.y, cfg.fl.num_clients, OmegaConf.to_container(cfg.partition), cfg.seed)
+    parts = partition_indices(train.y, cfg.fl.num_clients, build_partitioner(cfg), cfg.seed,
+                              str(cfg.partition.get("_target_")))
     train, test = train.to(target), None if test is None else test.to(target)
     groups = int(cfg.partition.get("label_groups", 1))
     shards = simulated_clients(train, parts, cfg.fl.holdout_fraction, cfg.seed)
@@ -85,13 +88,29 @@ def build_federation(cfg: DictConfig, comm: Comm, device: torch.device) -> Feder
     return Federation(spec, shards, test, False, summary(shards, spec.num_classes, groups))
 
 
-def check_task(cfg: DictConfig, task: str) -> None:
+def build_partitioner(cfg: DictConfig) -> Callable:
+    """The ``partition`` group's partitioner, its arguments checked (contract: fl.data.partition).
+    A class is constructed with the group's keys; a function gets them with each call."""
+    import inspect
+
+    node = OmegaConf.to_container(cfg.partition, resolve=True)
+    assert isinstance(node, dict)
+    if inspect.isroutine(locate("partition", node.get("_target_"))):
+        node["_partial_"] = True
+    partitioner = instantiate_component("partition", node, skip=("label_groups",))
+    if not callable(partitioner):
+        raise ConfigError("partition._target_", cfg.partition.get("_target_"), "must build a callable "
+                          "partitioner(labels, num_clients, seed) -> list of index tensors")
+    return partitioner
+
+
+def check_task(cfg: DictConfig, task: str, partitioner: Callable) -> None:
     """The loss and the components that read class labels must suit the data's task (fl.objective)."""
     check_loss(str(cfg.train.get("loss", "auto")), task)
     if task != REGRESSION:
         return
     label_based = [(key, value) for key, value, bad in (
-        ("partition", cfg.partition.get("name"), cfg.partition.get("name") not in (None, "iid")
+        ("partition", partition_name(cfg.partition), getattr(partitioner, "uses_labels", True)
          and cfg.data.get("name") not in ("csv", "folder")),
         ("partition.label_groups", cfg.partition.get("label_groups", 1), cfg.partition.get("label_groups", 1) != 1),
         ("attack", cfg.attack.get("name"), cfg.attack.get("name") == "label_flip"),
@@ -273,7 +292,7 @@ def prepare(cfg: DictConfig, world_size: int, rank: int = 0, local_rank: int = 0
     from fl.config import validate
 
     validate(cfg, world_size, rank)
-    check_task(cfg, str(cfg.data.get("task", CLASSIFICATION)))
+    check_task(cfg, str(cfg.data.get("task", CLASSIFICATION)), build_partitioner(cfg))
     check_model_config(cfg.model)
     device = resolve_device(cfg.runtime.device, local_rank)
     backend = resolve_backend(cfg.runtime.backend, device)

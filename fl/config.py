@@ -16,7 +16,6 @@ from fl.aggregation import TRANSPORTS
 from fl.attacks import ATTACKS
 from fl.data import folder
 from fl.data.datasets import DATASETS, check_available
-from fl.data.partition import PARTITIONERS
 from fl.errors import ConfigError
 from fl.accounting import ACCOUNTANTS, epsilon, epsilon_fixed_size
 from fl.runtime import BACKENDS
@@ -233,20 +232,23 @@ def _validate_optim(cfg: DictConfig) -> None:
 
 
 def _validate_partition(cfg: DictConfig, num_clients: int) -> None:
-    _choice(cfg, "partition.name", PARTITIONERS)
-    name = cfg.partition.name
+    """fl's own key of the group; the partitioner checks its own when it is built (fl.build)."""
     _int(cfg, "partition.label_groups", 1, num_clients)
     if cfg.data.get("name") in ("folder", "csv"):
+        name = partition_name(cfg.partition)
         if name != "iid":
             log.warning("partition=%s has no effect with data=%s: each site keeps its own data", name, cfg.data.name)
         if cfg.partition.label_groups > 1:
             log.warning("partition.label_groups=%d has no effect with data=%s", cfg.partition.label_groups,
                         cfg.data.name)
-        return
-    if name == "dirichlet" and not (isinstance(cfg.partition.alpha, (int, float)) and cfg.partition.alpha > 0):
-        raise ConfigError("partition.alpha", cfg.partition.alpha, "must be a number > 0")
-    if name == "shards":
-        _int(cfg, "partition.shards_per_client", 1)
+
+
+def partition_name(node: DictConfig) -> str:
+    """``iid``, ``dirichlet``, ``shards`` for the bundled partitioners, else the ``_target_``."""
+    target = str(node.get("_target_", ""))
+    bundled = {"fl.data.partition.IID": "iid", "fl.data.partition.Dirichlet": "dirichlet",
+               "fl.data.partition.Shards": "shards"}
+    return bundled.get(target, target)
 
 
 def _validate_data(cfg: DictConfig, num_clients: int, world_size: int, rank: int) -> None:

@@ -31,8 +31,10 @@ from fl.errors import ConfigError
     (["data=folder", "data.root='/x/{client}'", "data.channels=2"], 1, r"data.channels=2 is invalid: must be one of 1, 3"),
 ])
 def test_bad_values_name_key_value_and_allowed(overrides, world_size, message):
+    from fl.build import prepare  # every check that runs before any work, the components' own included
+
     with pytest.raises(ConfigError, match=message):
-        validate(make_cfg(*overrides), world_size)
+        prepare(make_cfg(*overrides), world_size)
 
 
 def test_data_root_without_files(tmp_path):

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -63,3 +65,20 @@ def test_holdout_split_is_disjoint_nonempty_and_seeded():
     assert torch.equal(hold, P.holdout_split(idx, 0.25, seed=5)[1])
     assert len(P.holdout_split(torch.arange(3), 0.01, seed=0)[1]) == 1  # a tiny fraction still holds one out
     assert len(P.holdout_split(torch.arange(3), 0.0, seed=0)[1]) == 0
+
+
+def test_a_users_partitioner_by_target_gets_labels_clients_and_seed_and_is_checked(tmp_path, monkeypatch):
+    from conftest import REPO, make_cfg
+    from fl.build import prepare
+    from fl.api import run_job
+
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    job = ("data=custom", "data._target_=user_data.blobs", "model=logreg", "fl.num_clients=4", "fl.rounds=1")
+    run_job(make_cfg(*job, "partition._target_=user_data.Blocks", "+partition.first=0.5"), tmp_path / "a")
+    clients = json.loads((tmp_path / "a" / "partition.json").read_text())["clients"]
+    assert [c["num_train"] + c["num_holdout"] for c in clients.values()] == [150, 50, 50, 50]  # of 300
+    with pytest.raises(ConfigError, match=r"partition.colour='red' is invalid: Blocks takes no such argument"):
+        prepare(make_cfg(*job, "partition._target_=user_data.Blocks", "+partition.colour=red"), 1)
+    with pytest.raises(ConfigError, match=r"partition._target_='user_data.overlapping' is invalid: returned a "
+                                          r"sample for more than one client"):
+        run_job(make_cfg(*job, "partition._target_=user_data.overlapping"), tmp_path / "b")

@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import REPO, make_cfg
-from fl.config import validate
+from fl.config import partition_name, validate
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
@@ -31,7 +31,7 @@ def test_experiments_compose_and_validate(experiment, tmp_path):
 def test_mcmahan_presets_match_the_paper():
     for name, partition in (("mnist_cnn_iid", "iid"), ("mnist_cnn_noniid", "shards")):
         cfg = make_cfg(f"experiment={name}")
-        assert (cfg.model._target_, cfg.partition.name, cfg.fl.local_epochs, cfg.train.batch_size) == \
+        assert (cfg.model._target_, partition_name(cfg.partition), cfg.fl.local_epochs, cfg.train.batch_size) == \
             ("fl.models.cnn_mcmahan", partition, 5, 10)
 
 

@@ -9,6 +9,7 @@ from conftest import make_cfg
 from fl.cohort import sample_cohort
 from fl.data.datasets import load_digits
 from fl.data.federation import partition_indices, simulated_clients
+from fl.data.partition import Dirichlet
 from fl.loop import run
 from fl.models import build_model
 from fl.runtime import DistEnv
@@ -24,7 +25,7 @@ def test_engine_equals_hand_written_fedavg(tmp_path):
     engine = torch.load(tmp_path / "run" / "final_model.pt", weights_only=True)
 
     train, _, spec = load_digits(0.2, 0)
-    parts = partition_indices(train.y, clients, {"name": "dirichlet", "alpha": 0.5}, seed)
+    parts = partition_indices(train.y, clients, Dirichlet(0.5), seed)
     shards = simulated_clients(train, parts, 0.1, seed)
     torch.manual_seed(derive_seed(seed, "init"))
     model = build_model("cnn_padded", spec.input_shape, spec.num_classes)

@@ -9,6 +9,7 @@ from conftest import fork_ranks, make_cfg, run_job
 from fl.cohort import sample_cohort
 from fl.data.datasets import load_digits
 from fl.data.federation import partition_indices, simulated_clients
+from fl.data.partition import Dirichlet
 from fl.loop import run
 from fl.models import build_model
 from fl.runtime import DistEnv
@@ -22,7 +23,7 @@ OVERRIDES = (f"seed={SEED}", f"fl.num_clients={N}", f"fl.clients_per_round={S}",
 
 def _by_hand() -> dict[str, torch.Tensor]:
     train, _, spec = load_digits(0.2, 0)
-    shards = simulated_clients(train, partition_indices(train.y, N, {"name": "dirichlet", "alpha": 0.5}, SEED),
+    shards = simulated_clients(train, partition_indices(train.y, N, Dirichlet(0.5), SEED),
                                0.1, SEED)
     torch.manual_seed(derive_seed(SEED, "init"))
     model = build_model("cnn_padded", spec.input_shape, spec.num_classes)

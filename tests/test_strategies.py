@@ -157,6 +157,7 @@ def test_fedsgd_is_one_step_along_the_weighted_mean_gradient(tmp_path):
     from conftest import make_cfg as _cfg
     from fl.data.datasets import load_digits
     from fl.data.federation import partition_indices, simulated_clients
+    from fl.data.partition import Dirichlet
     from fl.loop import run
     from fl.models import build_model
     from fl.runtime import DistEnv
@@ -169,7 +170,7 @@ def test_fedsgd_is_one_step_along_the_weighted_mean_gradient(tmp_path):
     engine = torch.load(tmp_path / "run" / "final_model.pt", weights_only=True)
 
     train, _, spec = load_digits(0.2, 0)
-    shards = simulated_clients(train, partition_indices(train.y, 4, {"name": "dirichlet", "alpha": 0.5}, seed),
+    shards = simulated_clients(train, partition_indices(train.y, 4, Dirichlet(0.5), seed),
                                0.1, seed)
     torch.manual_seed(derive_seed(seed, "init"))
     model = build_model("cnn_padded", spec.input_shape, spec.num_classes)

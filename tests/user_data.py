@@ -31,3 +31,23 @@ def linear(n: int = 400, features: int = 5, noise: float = 0.1, seed: int = 0):
     y = x @ w + noise * torch.randn(n, generator=g)
     cut = n * 3 // 4
     return (x[:cut], y[:cut]), (x[cut:], y[cut:])
+
+
+class Blocks:
+    """A partitioner of one's own: contiguous blocks of the dataset, in order (a site per range);
+    client 0 takes the fraction ``first`` of it, the others share the rest equally."""
+
+    uses_labels = False
+
+    def __init__(self, first: float = 0.25) -> None:
+        self.first = first
+
+    def __call__(self, labels: torch.Tensor, num_clients: int, seed: int) -> list[torch.Tensor]:
+        cut = int(self.first * len(labels))
+        rest = torch.tensor_split(torch.arange(cut, len(labels)), num_clients - 1)
+        return [torch.arange(cut), *rest]
+
+
+def overlapping(labels: torch.Tensor, num_clients: int, seed: int) -> list[torch.Tensor]:
+    """Breaks the contract: every client gets every sample."""
+    return [torch.arange(len(labels)) for _ in range(num_clients)]

@@ -8,6 +8,7 @@ training tensor; with per-site data (``data=folder``) each shard has its own ten
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -35,17 +36,11 @@ class ClientShard:
         return int(self.holdout_idx.numel())
 
 
-def partition_indices(labels: torch.Tensor, num_clients: int, cfg: dict, seed: int) -> list[torch.Tensor]:
-    """Dispatch on ``cfg["name"]`` (the ``partition`` config group) to a partitioner."""
-    name = cfg["name"]
-    pseed = derive_seed(seed, "partition")
-    if name == "iid":
-        return P.iid(len(labels), num_clients, pseed)
-    if name == "dirichlet":
-        return P.dirichlet(labels, num_clients, float(cfg["alpha"]), pseed, int(cfg.get("min_samples", 2)))
-    if name == "shards":
-        return P.shards(labels, num_clients, int(cfg["shards_per_client"]), pseed)
-    raise AssertionError(f"unvalidated partition {name!r}")
+def partition_indices(labels: torch.Tensor, num_clients: int, partitioner: Callable, seed: int,
+                      target: str = "partition") -> list[torch.Tensor]:
+    """The partitioner's split of ``labels`` (see :mod:`fl.data.partition` for the contract), checked."""
+    parts = partitioner(labels.cpu(), num_clients, derive_seed(seed, "partition"))
+    return P.check_parts(parts, num_clients, len(labels), target)
 
 
 def simulated_clients(

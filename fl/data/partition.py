@@ -2,16 +2,28 @@
 
 Pure functions: labels and a seed in, one index tensor per client out. Every rank
 computes the same partition from the same seed, so no data or indices cross ranks.
+
+The ``partition`` group builds one of the classes below from its ``_target_`` (or your own).
+The contract: a class is constructed with the group's keys (``label_groups`` excepted: it is
+fl's) and checks them there, so a bad value is refused before any work (a function gets them
+as keyword arguments with each call). It is then called as
+``partitioner(labels, num_clients, seed)`` with the training labels (``[N]``, on the CPU),
+and returns ``num_clients`` int64 index tensors into ``0..N-1``, disjoint (fl checks this).
+``uses_labels = False`` declares that it ignores the labels, so it also splits regression
+targets; a partitioner without the attribute is taken to read class labels.
+
+    train.py partition._target_=my_lab.splits.BySite +partition.column=3
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from fl.errors import ConfigError
-
-PARTITIONERS = ("iid", "dirichlet", "shards")
 
 
 def iid(num_samples: int, num_clients: int, seed: int) -> list[torch.Tensor]:
@@ -69,6 +81,67 @@ def shards(labels: torch.Tensor, num_clients: int, shards_per_client: int, seed:
         torch.sort(torch.cat([pieces[s] for s in assignment[c * shards_per_client:(c + 1) * shards_per_client]])).values
         for c in range(num_clients)
     ]
+
+
+@dataclass(frozen=True)
+class IID:
+    """Uniformly random, near-equal split (``partition=iid``)."""
+
+    uses_labels: ClassVar[bool] = False
+
+    def __call__(self, labels: torch.Tensor, num_clients: int, seed: int) -> list[torch.Tensor]:
+        return iid(len(labels), num_clients, seed)
+
+
+@dataclass(frozen=True)
+class Dirichlet:
+    """Label skew by Dir(``alpha``) proportions per class (``partition=dirichlet``)."""
+
+    alpha: float = 0.5
+    min_samples: int = 2
+    uses_labels: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
+            raise ConfigError("partition.alpha", self.alpha, "must be a number > 0")
+        if isinstance(self.min_samples, bool) or not isinstance(self.min_samples, int) or self.min_samples < 1:
+            raise ConfigError("partition.min_samples", self.min_samples, "must be an integer >= 1")
+
+    def __call__(self, labels: torch.Tensor, num_clients: int, seed: int) -> list[torch.Tensor]:
+        return dirichlet(labels, num_clients, float(self.alpha), seed, self.min_samples)
+
+
+@dataclass(frozen=True)
+class Shards:
+    """McMahan et al. 2017's pathological split into label-sorted shards (``partition=shards``)."""
+
+    shards_per_client: int = 2
+    uses_labels: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shards_per_client, bool) or not isinstance(self.shards_per_client, int) \
+                or self.shards_per_client < 1:
+            raise ConfigError("partition.shards_per_client", self.shards_per_client, "must be an integer >= 1")
+
+    def __call__(self, labels: torch.Tensor, num_clients: int, seed: int) -> list[torch.Tensor]:
+        return shards(labels, num_clients, self.shards_per_client, seed)
+
+
+def check_parts(parts: object, num_clients: int, num_samples: int, target: str) -> list[torch.Tensor]:
+    """A partitioner's result, checked against the contract (ConfigError naming ``partition._target_``)."""
+    def refuse(why: str) -> ConfigError:
+        return ConfigError("partition._target_", target, why)
+
+    if not isinstance(parts, (list, tuple)) or len(parts) != num_clients:
+        raise refuse(f"must return a list of fl.num_clients={num_clients} index tensors, not "
+                     f"{len(parts) if isinstance(parts, (list, tuple)) else type(parts).__name__}")
+    out = [torch.as_tensor(p).long().reshape(-1) for p in parts]
+    joined = torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
+    if len(joined) and (int(joined.min()) < 0 or int(joined.max()) >= num_samples):
+        raise refuse(f"returned indices outside 0..{num_samples - 1}")
+    if len(torch.unique(joined)) != len(joined):
+        raise refuse("returned a sample for more than one client: the clients' indices must be disjoint")
+    return out
 
 
 def holdout_split(indices: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
