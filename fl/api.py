@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fl.loop import run
+from fl.engine.loop import run
 from fl.models import build_model
-from fl.runtime import DistEnv
+from fl.runtime.env import DistEnv
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from fl.data.federation import ClientShard
-from fl.seeding import generator
+from fl.runtime.seeding import generator
 from fl.types import ClientUpdate
 
 ATTACKS = ("none", "sign_flip", "scale", "gaussian", "label_flip", "nan_update")

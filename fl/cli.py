@@ -1,6 +1,6 @@
 """The command line: ``python train.py [-m] [overrides]`` and the same under torchrun.
 
-Every job on the command line is checked first (:mod:`fl.preflight`); then Hydra runs them.
+Every job on the command line is checked first (:mod:`fl.config.preflight`); then Hydra runs them.
 A user's mistake, from whatever layer (Hydra's grammar, a key, a value, a component, the
 data, the run directory, a checkpoint), ends as one line naming the key, the value and what
 is allowed, with exit status 2; ``FL_TRACEBACK=1`` or ``runtime.log_level=DEBUG`` adds the
@@ -18,10 +18,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from fl.errors import ConfigError
-from fl.logs import setup_logging
-from fl.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
-from fl.rundir import elastic_run_dir
-from fl.runtime import DistEnv, report_to_launcher
+from fl.engine.logs import setup_logging
+from fl.runtime.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
+from fl.engine.rundir import elastic_run_dir
+from fl.runtime.env import DistEnv, report_to_launcher
 
 log = logging.getLogger("fl")
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None, config_dir: str | None = None) -> int:
 
 def check_command_line(argv: list[str], env: DistEnv, config_dir: str, debug: bool = False) -> bool:
     """Check every job of ``argv`` for ``env``; print one line per mistake. True when there was one."""
-    from fl import preflight
+    from fl.config import preflight
 
     errors = preflight.check(argv, env, config_dir)
     for line, exc in errors:
@@ -101,8 +101,8 @@ def _job(cfg: DictConfig, status: list[int], debug: bool) -> None:
     """One job (Hydra's task function). A stop request ends a sweep; a user error goes on to the next point."""
     from hydra.core.hydra_config import HydraConfig
 
-    from fl.comm import CollectiveError
-    from fl.loop import run
+    from fl.runtime.comm import CollectiveError
+    from fl.engine.loop import run
 
     hc = HydraConfig.get()
     files = {"config.yaml": OmegaConf.to_yaml(cfg), "overrides.yaml": OmegaConf.to_yaml(list(hc.overrides.task)),

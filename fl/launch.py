@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def _reason(failure: object) -> str | None:
-    """The one-line reason a worker wrote to its error file (``fl.runtime.report_to_launcher``), if any."""
+    """The one-line reason a worker wrote to its error file (``fl.runtime.env.report_to_launcher``), if any."""
     data = getattr(failure, "error_file_data", None) or {}
     message = data.get("message") if isinstance(data, dict) else None
     if isinstance(message, dict):
@@ -42,8 +42,8 @@ def _mistaken(args: object) -> bool:
     if script.name != "train.py" or not (script.parent / "conf").is_dir() or "-m" in sys.argv:
         return False
     from fl.cli import check_command_line
-    from fl.logs import setup_logging
-    from fl.runtime import DistEnv
+    from fl.engine.logs import setup_logging
+    from fl.runtime.env import DistEnv
 
     setup_logging(0)
     argv = list(getattr(args, "training_script_args"))

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig
 from torch import nn
 
-from fl.components import instantiate_component, locate
+from fl.config.components import instantiate_component, locate
 from fl.errors import ConfigError
 
 
@@ -114,7 +114,7 @@ def _accepts(target: Any, name: str) -> bool:
 
 def check_model_config(node: DictConfig | dict) -> None:
     """Before any work: ``model._target_`` imports and the group's keys are arguments it takes."""
-    from fl.components import check_arguments
+    from fl.config.components import check_arguments
 
     target = locate("model", node.get("_target_"))
     args = {k: v for k, v in dict(node).items() if not str(k).startswith("_")}

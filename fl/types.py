@@ -49,10 +49,10 @@ class ClientTask:
     seed: int
     plan: LocalTraining
     make_optimizer: OptimizerFactory
-    store: Any = None  # fl.client_store.ClientStore: per-client state across rounds
-    dp: Any = None  # fl.local_dp.LocalDP: DP-SGD local training (privacy=dp_sgd_local)
+    store: Any = None  # fl.training.store.ClientStore: per-client state across rounds
+    dp: Any = None  # fl.privacy.dp_sgd.LocalDP: DP-SGD local training (privacy=dp_sgd_local)
     augment: Any = None  # fl.data.augment.Augment: random crops and flips of training batches
-    objective: str = "classification"  # or "regression": the loss (fl.objective)
+    objective: str = "classification"  # or "regression": the loss (fl.training.objective)
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fl.loop import run  # noqa: E402
-from fl.runtime import DistEnv  # noqa: E402
+from fl.engine.loop import run  # noqa: E402
+from fl.runtime.env import DistEnv  # noqa: E402
 
 ATTACKS = ("sign_flip", "scale", "gaussian", "label_flip", "nan_update")
 STRATEGIES = ("fedavg", "median", "trimmed_mean", "krum")

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attack_table import run_point  # noqa: E402
 
-from fl.accounting import epsilon  # noqa: E402
+from fl.privacy.accounting import epsilon  # noqa: E402
 
 
 def main() -> None:

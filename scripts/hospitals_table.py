@@ -24,14 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fl.api import run_job  # noqa: E402
-from fl.binary_metrics import positive_scores, roc_auc_f1  # noqa: E402
-from fl.comm import Comm  # noqa: E402
+from fl.engine.binary_metrics import positive_scores, roc_auc_f1  # noqa: E402
+from fl.runtime.comm import Comm  # noqa: E402
 from fl.data import tabular  # noqa: E402
 from fl.data.datasets import TensorData  # noqa: E402
 from fl.data.hospitals import make  # noqa: E402
 from fl.data.partition import holdout_split  # noqa: E402
 from fl.models import build_model  # noqa: E402
-from fl.seeding import derive_seed  # noqa: E402
+from fl.runtime.seeding import derive_seed  # noqa: E402
 
 
 def _metrics(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:

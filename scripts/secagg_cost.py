@@ -42,8 +42,8 @@ MODES = ("plain", "fail", "recover", "recover, 10% dropped")
 def one_round(mode: str, dim: int, cohort: list[int], comm, updates) -> tuple[float, int]:
     import torch
 
-    from fl.aggregation import SumAggregator
-    from fl.secure_sum import SecureSumAggregator
+    from fl.transport.plain import SumAggregator
+    from fl.transport.secure_sum import SecureSumAggregator
     from fl.strategies import FedAvg
 
     cpu = torch.device("cpu")
@@ -64,8 +64,8 @@ def one_round(mode: str, dim: int, cohort: list[int], comm, updates) -> tuple[fl
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from fl.comm import Comm
-    from fl.runtime import DistEnv, process_group
+    from fl.runtime.comm import Comm
+    from fl.runtime.env import DistEnv, process_group
     from fl.types import ClientUpdate
 
     torch.set_num_threads(1)

@@ -54,8 +54,8 @@ def shared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_job(rank: int, world_size: int, init_method: str, cfg: DictConfig, run_dir: Path) -> dict:
     """A :func:`fork_ranks` target: the whole federated job on one rank."""
-    from fl.loop import run
-    from fl.runtime import DistEnv
+    from fl.engine.loop import run
+    from fl.runtime.env import DistEnv
 
     return run(cfg, run_dir, DistEnv(rank, world_size, rank), init_method=init_method)
 

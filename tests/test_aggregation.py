@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from fl.aggregation import GatherAggregator, SumAggregator, choose_transport
-from fl.comm import Comm
+from fl.transport.plain import GatherAggregator, SumAggregator, choose_transport
+from fl.runtime.comm import Comm
 from fl.errors import ConfigError
 from fl.strategies import FedAvg
 from fl.strategies.base import Strategy, weighted_mean

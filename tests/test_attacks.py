@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import fork_ranks, make_cfg, run_job
-from fl.aggregation import GatherAggregator, SumAggregator
+from fl.transport.plain import GatherAggregator, SumAggregator
 from fl.attacks import Attack, flip_labels, malicious_clients
-from fl.cohort import drops_out, local_steps, slowdown
-from fl.comm import Comm
-from fl.config import validate
+from fl.training.cohort import drops_out, local_steps, slowdown
+from fl.runtime.comm import Comm
+from fl.config.validate import validate
 from fl.errors import ConfigError
 from fl.strategies import FedAvg
 from fl.strategies.base import weighted_mean

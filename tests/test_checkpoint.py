@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fl import checkpoint
+from fl.engine import checkpoint
 from fl.errors import ConfigError
 
 

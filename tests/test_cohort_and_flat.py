@@ -2,11 +2,11 @@ import pytest
 import torch
 from torch import nn
 
-from fl.cohort import assign, client_epochs, sample_cohort
-from fl.flat import FlatModel
+from fl.training.cohort import assign, client_epochs, sample_cohort
+from fl.training.flat import FlatModel
 from fl.errors import ConfigError
 from fl.models import build_model
-from fl.seeding import derive_seed
+from fl.runtime.seeding import derive_seed
 
 
 def test_cohort_is_seeded_distinct_sorted_and_varies_by_round():

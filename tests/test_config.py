@@ -9,7 +9,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from conftest import REPO, make_cfg
-from fl.config import validate
+from fl.config.validate import validate
 from fl.errors import ConfigError
 
 
@@ -31,7 +31,7 @@ from fl.errors import ConfigError
     (["data=folder", "data.root='/x/{client}'", "data.channels=2"], 1, r"data.channels=2 is invalid: must be one of 1, 3"),
 ])
 def test_bad_values_name_key_value_and_allowed(overrides, world_size, message):
-    from fl.build import prepare  # every check that runs before any work, the components' own included
+    from fl.config.build import prepare  # every check that runs before any work, the components' own included
 
     with pytest.raises(ConfigError, match=message):
         prepare(make_cfg(*overrides), world_size)

@@ -11,8 +11,8 @@ from PIL import Image
 
 from conftest import fork_ranks, make_cfg, run_job
 from fl.data import datasets
-from fl.loop import run
-from fl.runtime import DistEnv
+from fl.engine.loop import run
+from fl.runtime.env import DistEnv
 
 
 def test_digits_is_the_real_bundled_set():

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import fork_ranks, make_cfg, run_job
-from fl.comm import Comm
+from fl.runtime.comm import Comm
 from fl.errors import ConfigError
-from fl.loop import run
-from fl.runtime import DistEnv, process_group
+from fl.engine.loop import run
+from fl.runtime.env import DistEnv, process_group
 
 SMALL = ("data=digits", "model=cnn_padded", "partition=dirichlet", "fl.num_clients=10", "fl.clients_per_round=5",
          "fl.rounds=3", "fl.eval_every=3", "train.batch_size=16", "optim.lr=0.1", "fl.local_epochs=2", "fl.checkpoint_every=0")

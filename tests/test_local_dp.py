@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import fork_ranks, make_cfg, run_job
-from fl.local_dp import LocalDP, client_epsilon, dp_sgd
+from fl.privacy.dp_sgd import LocalDP, client_epsilon, dp_sgd
 
 
 def _one_step(dp: LocalDP, x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module) -> dict[str, torch.Tensor]:

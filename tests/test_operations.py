@@ -138,8 +138,8 @@ def test_two_nodes_with_c10d_rendezvous_equal_one_node(tmp_path, reference):
 
 
 def _hung_rank(rank: int, world_size: int, init_method: str, timeout_s: float):
-    from fl.comm import Comm
-    from fl.runtime import DistEnv, process_group
+    from fl.runtime.comm import Comm
+    from fl.runtime.env import DistEnv, process_group
 
     with process_group(DistEnv(rank, world_size, rank), torch.device("cpu"), "gloo", timeout_s, init_method):
         comm = Comm(rank, world_size, torch.device("cpu"), timeout_s)

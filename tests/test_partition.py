@@ -69,7 +69,7 @@ def test_holdout_split_is_disjoint_nonempty_and_seeded():
 
 def test_a_users_partitioner_by_target_gets_labels_clients_and_seed_and_is_checked(tmp_path, monkeypatch):
     from conftest import REPO, make_cfg
-    from fl.build import prepare
+    from fl.config.build import prepare
     from fl.api import run_job
 
     monkeypatch.syspath_prepend(str(REPO / "tests"))

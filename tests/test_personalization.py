@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from conftest import fork_ranks, make_cfg, run_job
-from fl.client_store import ClientStore
+from fl.training.store import ClientStore
 from fl.errors import ConfigError
-from fl.flat import FlatModel
-from fl.loop import run
+from fl.training.flat import FlatModel
+from fl.engine.loop import run
 from fl.models import build_model
-from fl.runtime import DistEnv
+from fl.runtime.env import DistEnv
 from fl.strategies.fedbn import FedBN
 
 COMMON = ("model=cnn_bn", "partition=shards", "fl.num_clients=4", "fl.rounds=3", "fl.local_epochs=2",

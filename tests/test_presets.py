@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import REPO, make_cfg
-from fl.config import partition_name, validate
+from fl.config.validate import partition_name, validate
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
@@ -49,12 +49,12 @@ def test_group_options_validate(group, options):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "strategy").glob("*.yaml")))
 def test_every_strategy_builds_and_picks_its_transport(name):
-    from fl.aggregation import choose_transport
-    from fl.build import build_strategy
+    from fl.transport.plain import choose_transport
+    from fl.config.build import build_strategy
 
     cfg = make_cfg(f"strategy={name}", "fl.num_clients=10")
     validate(cfg, 2)
-    from fl.build import build_optimizer_factory
+    from fl.config.build import build_optimizer_factory
     from fl.types import StrategyContext
 
     strategy, requested = build_strategy(cfg)

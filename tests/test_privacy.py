@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import fork_ranks, make_cfg, run_job
-from fl.aggregation import SumAggregator
-from fl.comm import Comm
-from fl.config import validate
+from fl.transport.plain import SumAggregator
+from fl.runtime.comm import Comm
+from fl.config.validate import validate
 from fl.errors import ConfigError
-from fl.privacy import DPFedAvg, epsilon
+from fl.privacy.dp_fedavg import DPFedAvg, epsilon
 from fl.strategies.norm_bound import clip_to_norm
 from fl.strategies import FedAvg
 from fl.types import ClientUpdate
@@ -102,7 +102,7 @@ def test_world_sizes_one_and_two_give_the_same_noised_model(tmp_path):
 
 
 def test_update_noise_leaves_room_for_the_count_noise():
-    from fl.privacy import update_noise_multiplier
+    from fl.privacy.dp_fedavg import update_noise_multiplier
 
     # Andrew et al. 2021: z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2; z=1, sigma_b=1 -> 1/sqrt(3/4)
     assert update_noise_multiplier(1.0, 1.0) == pytest.approx(1 / 0.75 ** 0.5, rel=1e-12)
@@ -154,7 +154,7 @@ def test_fixed_size_epsilon_equals_dp_accounting_composed_step_by_step():
     import dp_accounting
     from dp_accounting.rdp import RdpAccountant
 
-    from fl.accounting import epsilon_fixed_size
+    from fl.privacy.accounting import epsilon_fixed_size
 
     event = dp_accounting.SampledWithoutReplacementDpEvent(50, 10, dp_accounting.GaussianDpEvent(1.0))
     acc = RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
@@ -166,7 +166,7 @@ def test_fixed_size_epsilon_equals_dp_accounting_composed_step_by_step():
 
 
 def test_the_accountant_is_chosen_by_config():
-    from fl.config import dp_epsilon
+    from fl.config.validate import dp_epsilon
 
     base = ("privacy=dp_fedavg", "fl.num_clients=50", "fl.clients_per_round=10", "fl.rounds=40")
     fixed, poisson = make_cfg(*base), make_cfg(*base, "privacy.accountant=poisson")

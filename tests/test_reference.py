@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_cfg
-from fl.cohort import sample_cohort
+from fl.training.cohort import sample_cohort
 from fl.data.datasets import load_digits
 from fl.data.federation import partition_indices, simulated_clients
 from fl.data.partition import Dirichlet
-from fl.loop import run
+from fl.engine.loop import run
 from fl.models import build_model
-from fl.runtime import DistEnv
-from fl.seeding import derive_seed, generator
+from fl.runtime.env import DistEnv
+from fl.runtime.seeding import derive_seed, generator
 
 
 def test_engine_equals_hand_written_fedavg(tmp_path):

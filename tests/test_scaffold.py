@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from conftest import fork_ranks, make_cfg, run_job
-from fl.cohort import sample_cohort
+from fl.training.cohort import sample_cohort
 from fl.data.datasets import load_digits
 from fl.data.federation import partition_indices, simulated_clients
 from fl.data.partition import Dirichlet
-from fl.loop import run
+from fl.engine.loop import run
 from fl.models import build_model
-from fl.runtime import DistEnv
-from fl.seeding import derive_seed, generator
+from fl.runtime.env import DistEnv
+from fl.runtime.seeding import derive_seed, generator
 
 SEED, N, S, ROUNDS, STEPS, B, LR = 2, 6, 4, 3, 4, 16, 0.1
 OVERRIDES = (f"seed={SEED}", f"fl.num_clients={N}", f"fl.clients_per_round={S}", f"fl.rounds={ROUNDS}",
@@ -119,7 +119,7 @@ def test_resume_after_a_crash_ignores_client_state_written_after_the_checkpoint(
 def test_scaffold_refuses_optimizers_it_cannot_correct():
     import pytest
 
-    from fl.build import build_optimizer_factory
+    from fl.config.build import build_optimizer_factory
     from fl.errors import ConfigError
     from fl.strategies.scaffold import Scaffold
     from fl.types import StrategyContext
@@ -131,7 +131,7 @@ def test_scaffold_refuses_optimizers_it_cannot_correct():
 
 
 def test_client_store_reads_before_the_round_and_prunes(tmp_path):
-    from fl.client_store import ClientStore
+    from fl.training.store import ClientStore
 
     store = ClientStore(tmp_path, checkpoint_every=2, keep_checkpoints=1)  # keeps 4 rounds back
     cpu = torch.device("cpu")

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import fork_ranks, make_cfg, run_job
-from fl.aggregation import SumAggregator
-from fl.comm import Comm
-from fl.privacy import DPFedAvg
-from fl.secagg import MODULUS, ClientKeys, FixedPoint, ring
-from fl.secure_sum import SecureSumAggregator
+from fl.transport.plain import SumAggregator
+from fl.runtime.comm import Comm
+from fl.privacy.dp_fedavg import DPFedAvg
+from fl.secagg.masking import MODULUS, ClientKeys, FixedPoint, ring
+from fl.transport.secure_sum import SecureSumAggregator
 from fl.strategies import FedAvg
 from fl.types import ClientUpdate
 
@@ -132,7 +132,7 @@ def _two_rank_round(rank: int, world_size: int, init_method: str, dim: int, reco
                     ) -> dict:
     """Rank r hosts clients r, r+2, r+4 (``dropped`` sends nothing); returns what it sent,
     its clients' plain weighted sum and the result."""
-    from fl.runtime import DistEnv, process_group
+    from fl.runtime.env import DistEnv, process_group
 
     with process_group(DistEnv(rank, world_size, rank), CPU, "gloo", 60, init_method):
         comm = RecordingComm(rank, world_size, CPU)
@@ -227,7 +227,7 @@ def test_with_dp_and_adaptive_clipping_the_model_is_bit_identical_at_any_world_s
 
 
 def test_bad_secagg_settings_name_the_key():
-    from fl.config import validate
+    from fl.config.validate import validate
     from fl.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"secagg.frac_bits=50 is invalid: must be an integer >= 8 and <= 40"):
@@ -242,7 +242,7 @@ def test_shamir_any_t_shares_rebuild_the_secret_and_fewer_do_not():
     import itertools
     import secrets
 
-    from fl.secagg import combine, split
+    from fl.secagg.masking import combine, split
 
     secret = secrets.token_bytes(32)
     shares = split(secret, 6, 3)
@@ -255,7 +255,7 @@ def test_shamir_any_t_shares_rebuild_the_secret_and_fewer_do_not():
 def test_sealed_shares_open_only_for_their_receiver_and_detect_tampering():
     from cryptography.exceptions import InvalidTag
 
-    from fl.secagg import seal, unseal
+    from fl.secagg.masking import seal, unseal
 
     a, b, c = ClientKeys(), ClientKeys(), ClientKeys()
     sealed = seal(a.agree(b.public), 1, 2, 5, b"share")

@@ -158,10 +158,10 @@ def test_fedsgd_is_one_step_along_the_weighted_mean_gradient(tmp_path):
     from fl.data.datasets import load_digits
     from fl.data.federation import partition_indices, simulated_clients
     from fl.data.partition import Dirichlet
-    from fl.loop import run
+    from fl.engine.loop import run
     from fl.models import build_model
-    from fl.runtime import DistEnv
-    from fl.seeding import derive_seed
+    from fl.runtime.env import DistEnv
+    from fl.runtime.seeding import derive_seed
 
     lr, seed = 0.3, 5
     cfg = _cfg("strategy=fedsgd", f"seed={seed}", "fl.num_clients=4", "fl.rounds=1", f"optim.lr={lr}",
@@ -187,8 +187,8 @@ def test_fedsgd_is_one_step_along_the_weighted_mean_gradient(tmp_path):
 
 
 def test_fednova_normalizes_by_local_steps():
-    from fl.aggregation import GatherAggregator, SumAggregator
-    from fl.comm import Comm
+    from fl.transport.plain import GatherAggregator, SumAggregator
+    from fl.runtime.comm import Comm
     from fl.strategies.fednova import FedNova
 
     cpu = torch.device("cpu")

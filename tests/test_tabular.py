@@ -11,7 +11,7 @@ import torch
 
 from conftest import REPO, fork_ranks
 from fl import cli
-from fl.comm import Comm
+from fl.runtime.comm import Comm
 from fl.data import tabular
 from fl.errors import ConfigError
 
@@ -51,7 +51,7 @@ class RecordingComm(Comm):
 
 
 def _load(rank, world_size, init_method, root):
-    from fl.runtime import DistEnv, process_group
+    from fl.runtime.env import DistEnv, process_group
 
     with process_group(DistEnv(rank, world_size, rank), torch.device("cpu"), "gloo", 30, init_method):
         comm = RecordingComm(rank, world_size, torch.device("cpu"))

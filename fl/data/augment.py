@@ -3,7 +3,7 @@ horizontal flips, the standard CIFAR recipe (He et al. 2016; Reddi et al. 2021 u
 their federated CIFAR-10 results).
 
 Pure: a batch ``[B, C, H, W]`` and a generator in, the augmented batch out. The generator is
-the client's own, seeded from (seed, round, client) (see ``fl.client``), so an augmented run
+the client's own, seeded from (seed, round, client) (see ``fl.training.local``), so an augmented run
 still does not depend on the world size and resumes exactly. Configured in the data group:
 ``data.augment.crop`` (padding in pixels; 0: no crop) and ``data.augment.flip``.
 """

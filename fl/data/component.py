@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from fl.components import instantiate_component, locate
+from fl.config.components import instantiate_component, locate
 from fl.data.datasets import DatasetSpec, Loaded, TensorData
 from fl.data.stream import stream_of
 from fl.errors import ConfigError
-from fl.objective import REGRESSION
+from fl.training.objective import REGRESSION
 
 FL_KEYS = ("on_device", "augment", "task", "stream", "workers", "prefetch")  # data keys that fl reads itself; not passed to the component
 

@@ -51,7 +51,7 @@ class TensorData:
 @dataclass(frozen=True)
 class DatasetSpec:
     """What a model needs to know about the data: input shape, class count (the model's output width:
-    1 for regression) and the task, ``classification`` or ``regression`` (:mod:`fl.objective`)."""
+    1 for regression) and the task, ``classification`` or ``regression`` (:mod:`fl.training.objective`)."""
 
     input_shape: tuple[int, int, int]
     num_classes: int

@@ -15,7 +15,7 @@ import torch
 from fl.data import partition as P
 from fl.data.datasets import TensorData
 from fl.data.stream import StreamData
-from fl.seeding import derive_seed
+from fl.runtime.seeding import derive_seed
 
 
 @dataclass(frozen=True)

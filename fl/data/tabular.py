@@ -16,7 +16,7 @@ What the sites agree on, and how, without moving a row:
   standardises with them (equal to the pooled data's statistics; no site's rows are sent).
 
 The pure functions here (reading, encoding, sums) never call ``torch.distributed``; the two
-collectives go through :class:`fl.comm.Comm` in :func:`load_sites`.
+collectives go through :class:`fl.runtime.comm.Comm` in :func:`load_sites`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from fl.comm import Comm
+from fl.runtime.comm import Comm
 from fl.data.datasets import TensorData
 from fl.errors import ConfigError
 

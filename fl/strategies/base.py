@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from fl.client import local_train
+from fl.training.local import local_train
 from fl.data.federation import ClientShard
-from fl.flat import FlatModel
+from fl.training.flat import FlatModel
 from fl.types import ClientTask, ClientUpdate, StrategyContext
 
 

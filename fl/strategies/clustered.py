@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 
-from fl.client import evaluate, local_train
+from fl.training.local import evaluate, local_train
 from fl.data.federation import ClientShard
 from fl.errors import ConfigError
-from fl.flat import FlatModel
-from fl.objective import CLASSIFICATION, REGRESSION
-from fl.seeding import derive_seed, generator
+from fl.training.flat import FlatModel
+from fl.training.objective import CLASSIFICATION, REGRESSION
+from fl.runtime.seeding import derive_seed, generator
 from fl.strategies.base import weighted_mean
 from fl.strategies.fedavg import FedAvg
 from fl.types import ClientTask, ClientUpdate, StrategyContext

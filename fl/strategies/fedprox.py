@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from fl.client import local_train
+from fl.training.local import local_train
 from fl.data.federation import ClientShard
 from fl.errors import ConfigError
-from fl.flat import FlatModel
+from fl.training.flat import FlatModel
 from fl.strategies.fedavg import FedAvg
 from fl.types import ClientTask, ClientUpdate
 

@@ -17,7 +17,7 @@ import torch
 
 from fl.data.federation import ClientShard
 from fl.errors import ConfigError
-from fl.flat import FlatModel
+from fl.training.flat import FlatModel
 from fl.strategies.fedavg import FedAvg
 from fl.types import ClientTask, ClientUpdate, LocalTraining
 

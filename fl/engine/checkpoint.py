@@ -2,7 +2,7 @@
 
 A checkpoint holds the global model (flat), the strategy's server state, the number of
 completed rounds, the seed and the config fingerprint. There is no RNG stream state to
-save: every random stream is derived from (seed, round, client) (see ``fl.seeding``), so
+save: every random stream is derived from (seed, round, client) (see ``fl.runtime.seeding``), so
 resuming at round r replays exactly what an uninterrupted run does from round r.
 
 Each ``round_XXXXXX.pt`` has a ``.sha256`` beside it, written before the checkpoint is
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from fl.errors import ConfigError
-from fl.records import write_text
+from fl.engine.records import write_text
 
 log = logging.getLogger(__name__)
 

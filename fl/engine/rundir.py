@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from fl.comm import Comm
-from fl.records import read_json, write_text
+from fl.runtime.comm import Comm
+from fl.engine.records import read_json, write_text
 
 
 def agree_run_dir(comm: Comm, local: Path) -> Path:

@@ -32,8 +32,8 @@ import math
 
 import torch
 
-from fl.accounting import epsilon  # noqa: F401 - also importable from here
-from fl.seeding import generator
+from fl.privacy.accounting import epsilon  # noqa: F401 - also importable from here
+from fl.runtime.seeding import generator
 from fl.strategies.norm_bound import clip_to_norm
 
 

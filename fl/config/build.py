@@ -2,7 +2,7 @@
 
 Runtime objects (device, the communicator) come in as arguments. Collective steps here
 (download on one rank then barrier; agreeing on per-site class names) go through
-:class:`~fl.comm.Comm`.
+:class:`~fl.runtime.comm.Comm`.
 """
 
 from __future__ import annotations
@@ -16,25 +16,25 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fl.attacks import Attack, malicious_clients
-from fl.cohort import home_rank
-from fl.comm import Comm
-from fl.components import instantiate_component, locate
+from fl.training.cohort import home_rank
+from fl.runtime.comm import Comm
+from fl.config.components import instantiate_component, locate
 from fl.data import component, datasets, folder, tabular
 from fl.data.augment import Augment
 from fl.data.partition import holdout_split
 from fl.data.datasets import DatasetSpec, TensorData
 from fl.data.federation import (ClientShard, partition_indices, simulated_clients, site_client, summary,
                                 with_label_groups)
-from fl.config import partition_name
+from fl.config.validate import partition_name
 from fl.errors import ConfigError
-from fl.local_dp import LocalDP
-from fl.privacy import DPFedAvg
-from fl.flat import FlatModel
+from fl.privacy.dp_sgd import LocalDP
+from fl.privacy.dp_fedavg import DPFedAvg
+from fl.training.flat import FlatModel
 from fl.models import build_model, check_model_config
-from fl.objective import CLASSIFICATION, REGRESSION, check_loss
-from fl.seeding import derive_seed
+from fl.training.objective import CLASSIFICATION, REGRESSION, check_loss
+from fl.runtime.seeding import derive_seed
 from fl.strategies.base import Strategy
-from fl.runtime import resolve_backend, resolve_device
+from fl.runtime.env import resolve_backend, resolve_device
 from fl.types import OptimizerFactory, StrategyContext
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def build_partitioner(cfg: DictConfig) -> Callable:
 
 
 def check_task(cfg: DictConfig, task: str, partitioner: Callable) -> None:
-    """The loss and the components that read class labels must suit the data's task (fl.objective)."""
+    """The loss and the components that read class labels must suit the data's task (fl.training.objective)."""
     check_loss(str(cfg.train.get("loss", "auto")), task)
     if task != REGRESSION:
         return
@@ -288,8 +288,8 @@ def prepare(cfg: DictConfig, world_size: int, rank: int = 0, local_rank: int = 0
     Raises :class:`ConfigError` before any work: no process group, no data, no files. The
     command line runs it for every point of a sweep before the first one trains.
     """
-    from fl.aggregation import choose_transport
-    from fl.config import validate
+    from fl.transport.plain import choose_transport
+    from fl.config.validate import validate
 
     validate(cfg, world_size, rank)
     check_task(cfg, str(cfg.data.get("task", CLASSIFICATION)), build_partitioner(cfg))

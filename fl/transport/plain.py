@@ -25,9 +25,9 @@ import logging
 
 import torch
 
-from fl.comm import Comm
+from fl.runtime.comm import Comm
 from fl.errors import ConfigError
-from fl.privacy import DPFedAvg
+from fl.privacy.dp_fedavg import DPFedAvg
 from fl.strategies.base import Strategy
 from fl.types import ClientUpdate, RoundResult
 
@@ -120,7 +120,7 @@ class Aggregator:
 class SumAggregator(Aggregator):
     """The all-reduce transport (see module docstring). With ``privacy`` (DP-FedAvg) each
     update is clipped and weighted 1, and the sum is noised once and divided by the expected
-    cohort size (see :mod:`fl.privacy`)."""
+    cohort size (see :mod:`fl.privacy.dp_fedavg`)."""
 
     def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, min_clients: int = 1,
                  privacy: DPFedAvg | None = None) -> None:

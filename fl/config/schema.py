@@ -5,7 +5,7 @@ Hydra refuses ``fl.round=3`` (a typo) but accepts ``+fl.round=3``, which would t
 silently ignored; a quoted ``'false'`` or ``'10'`` would reach the code as a string. This
 module compares the user's config with the *reference*: the same config groups, composed
 without the user's value overrides. Nodes built from a ``_target_`` (strategy, optim) may
-take other keys; their constructor arguments are checked by :mod:`fl.components`.
+take other keys; their constructor arguments are checked by :mod:`fl.config.components`.
 """
 
 from __future__ import annotations

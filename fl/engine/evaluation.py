@@ -4,8 +4,8 @@ Centralized: the test set is split into contiguous shards, one per rank; the
 ``[loss_sum, correct, count]`` sums are all-reduced. Federated: sampled clients evaluate
 on their held-out split; the per-client rows are gathered on rank 0, which reports the
 sample-weighted mean, the plain mean and the 10th percentile of client accuracies. For binary
-tasks both also report ROC-AUC and F1 (:mod:`fl.binary_metrics`); for regression, MSE and MAE
-(:mod:`fl.objective`).
+tasks both also report ROC-AUC and F1 (:mod:`fl.engine.binary_metrics`); for regression, MSE and MAE
+(:mod:`fl.training.objective`).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Callable
 
 import torch
 
-from fl.binary_metrics import positive_scores, roc_auc_f1
-from fl.client import evaluate
-from fl.comm import Comm
+from fl.engine.binary_metrics import positive_scores, roc_auc_f1
+from fl.training.local import evaluate
+from fl.runtime.comm import Comm
 from fl.data.datasets import TensorData
 from fl.data.federation import ClientShard
-from fl.objective import CLASSIFICATION, centralized_metrics, client_metrics
+from fl.training.objective import CLASSIFICATION, centralized_metrics, client_metrics
 
 
 def centralized(model: torch.nn.Module, test: TensorData, comm: Comm, batch_size: int,

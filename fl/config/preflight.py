@@ -2,8 +2,8 @@
 
 ``python train.py [-m] overrides...`` composes each job's config the way Hydra will (every
 point of a ``-m`` sweep), then checks it: Hydra's own composition errors (a typo in a key,
-an unknown group option, a bad override), the config schema (:mod:`fl.schema`), the values
-and the component combinations (:func:`fl.build.prepare`). Every mistake becomes one
+an unknown group option, a bad override), the config schema (:mod:`fl.config.schema`), the values
+and the component combinations (:func:`fl.config.build.prepare`). Every mistake becomes one
 :class:`ConfigError` naming the key, the value and what is allowed; for a sweep, all bad
 points are reported at once and none is run. Nothing is written and no process group is
 made: the run directory does not even exist yet.
@@ -24,9 +24,9 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from fl.errors import ConfigError
-from fl.runtime import DistEnv
-from fl.schema import check as check_schema
-from fl.schema import suggestion
+from fl.runtime.env import DistEnv
+from fl.config.schema import check as check_schema
+from fl.config.schema import suggestion
 
 _HYDRA_FLAGS_CHECKED = {"-m", "--multirun", "-r", "--run"}
 
@@ -100,7 +100,7 @@ def check(argv: list[str], env: DistEnv, config_dir: str) -> list[tuple[str, Con
 
 def check_job(overrides: list[str], env: DistEnv, config_dir: str) -> DictConfig:
     """Compose one job's config and check it for this rank; raises :class:`ConfigError`."""
-    from fl.build import prepare
+    from fl.config.build import prepare
 
     cfg = _compose(overrides, config_dir)
     reference = _reference(tuple(_group_choices(overrides, config_dir)), config_dir)

@@ -8,7 +8,7 @@ A round, as this transport runs it (Bonawitz et al. 2017, semi-honest setting):
    t-of-n with Shamir's scheme and sends share j, sealed with AES-GCM under a key agreed with
    cohort member j, through one all-gather. Ranks see only ciphertexts.
 3. *Masked input*: each client that finishes encodes ``[w * v, its tail]`` in fixed point
-   (:class:`fl.secagg.FixedPoint`), adds its pairwise masks with every other client of the
+   (:class:`fl.secagg.masking.FixedPoint`), adds its pairwise masks with every other client of the
    round, including clients on the same rank (the guarantee is per client, not per rank),
    and, with ``recover``, its self mask. The hosting rank adds its clients' masked inputs.
 4. *Sum*: one all-reduce of that int64 buffer, modulo 2^48. Beside the masked part travels a
@@ -34,11 +34,11 @@ import secrets
 
 import torch
 
-from fl.aggregation import _EXTRA, CLIENTS, DROPPED, LATE, REJECTED, STOP, UNCLIPPED, WEIGHT, \
+from fl.transport.plain import _EXTRA, CLIENTS, DROPPED, LATE, REJECTED, STOP, UNCLIPPED, WEIGHT, \
     Aggregator
-from fl.comm import Comm
-from fl.privacy import DPFedAvg
-from fl.secagg import ClientKeys, FixedPoint, combine, ring, seal, self_mask, split, unseal
+from fl.runtime.comm import Comm
+from fl.privacy.dp_fedavg import DPFedAvg
+from fl.secagg.masking import ClientKeys, FixedPoint, combine, ring, seal, self_mask, split, unseal
 from fl.strategies.base import Strategy
 from fl.types import ClientUpdate, RoundResult
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from fl.seeding import generator
+from fl.runtime.seeding import generator
 
 
 def sample_cohort(

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import torch
 
-from fl.accounting import epsilon
+from fl.privacy.accounting import epsilon
 
 
 @dataclass(frozen=True)

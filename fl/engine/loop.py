@@ -22,26 +22,26 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import fl
-from fl import checkpoint, evaluation, rundir
-from fl.aggregation import make_aggregator
-from fl.build import Federation, Job, build_attack, build_augment, build_federation, build_flat_model, build_local_dp, \
+from fl.engine import checkpoint, evaluation, rundir
+from fl.transport.plain import make_aggregator
+from fl.config.build import Federation, Job, build_attack, build_augment, build_federation, build_flat_model, build_local_dp, \
     build_privacy, prepare
-from fl.client import local_train
-from fl.client_store import ClientStore
-from fl.cohort import assign, client_epochs, drops_out, local_steps, sample_cohort, slowdown
-from fl.comm import Comm
-from fl.config import dp_epsilon
+from fl.training.local import local_train
+from fl.training.store import ClientStore
+from fl.training.cohort import assign, client_epochs, drops_out, local_steps, sample_cohort, slowdown
+from fl.runtime.comm import Comm
+from fl.config.validate import dp_epsilon
 from fl.errors import ConfigError
-from fl.flat import FlatModel
-from fl.local_dp import LocalAccountant, unsupported_layers
-from fl.logs import setup_logging
-from fl.metrics import MetricsSink, NullSink
+from fl.training.flat import FlatModel
+from fl.privacy.dp_sgd import LocalAccountant, unsupported_layers
+from fl.engine.logs import setup_logging
+from fl.engine.metrics import MetricsSink, NullSink
 from fl.models import model_name
-from fl.preemption import StopRequest
-from fl.records import save_torch, write_json
-from fl.resume import Resume, decide, fingerprint
-from fl.rundir import Existing, agree_run_dir
-from fl.runtime import DistEnv, process_group
+from fl.runtime.preemption import StopRequest
+from fl.engine.records import save_torch, write_json
+from fl.engine.resume import Resume, decide, fingerprint
+from fl.engine.rundir import Existing, agree_run_dir
+from fl.runtime.env import DistEnv, process_group
 from fl.strategies.base import Strategy
 from fl.types import ClientTask, LocalTraining, OptimizerFactory, RoundResult
 
@@ -251,7 +251,7 @@ class Rounds:
         cohort = sample_cohort(cfg.seed, rnd, cfg.fl.num_clients, cfg.fl.clients_per_round)
         by_rank = assign(cohort, comm.world_size, self.fed.per_site)
         if cfg.secagg.name == "masking":
-            from fl.secure_sum import SecureSumAggregator  # cryptography: only runs with secagg import it
+            from fl.transport.secure_sum import SecureSumAggregator  # cryptography: only runs with secagg import it
 
             agg = SecureSumAggregator(self.strategy, comm, len(self.fm), self.device, cohort, by_rank[comm.rank], rnd,
                                       int(cfg.secagg.frac_bits), int(cfg.fl.min_clients_per_round), self.privacy,

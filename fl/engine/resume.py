@@ -1,7 +1,7 @@
 """May this job use an existing run directory, and from which round?
 
 Decided before anything is written, identically on every rank, from the newest readable
-checkpoint's metadata and the previous ``run.json`` (:class:`fl.rundir.Existing`):
+checkpoint's metadata and the previous ``run.json`` (:class:`fl.engine.rundir.Existing`):
 
 * a checkpoint whose config fingerprint differs, or one past ``fl.rounds``, refuses the job;
 * a checkpoint at ``fl.rounds`` of a run that completed: the run is already complete;
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 
 from fl.errors import ConfigError
-from fl.rundir import Existing
+from fl.engine.rundir import Existing
 
 # Keys whose change would make a resumed run differ from the run that wrote the checkpoint.
 FINGERPRINT_KEYS = ("seed", "data", "partition", "model", "optim", "strategy", "train.batch_size",

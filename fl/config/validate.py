@@ -12,13 +12,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from fl.aggregation import TRANSPORTS
+from fl.transport.plain import TRANSPORTS
 from fl.attacks import ATTACKS
 from fl.data import folder
 from fl.data.datasets import DATASETS, check_available
 from fl.errors import ConfigError
-from fl.accounting import ACCOUNTANTS, epsilon, epsilon_fixed_size
-from fl.runtime import BACKENDS
+from fl.privacy.accounting import ACCOUNTANTS, epsilon, epsilon_fixed_size
+from fl.runtime.env import BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def _validate_optim(cfg: DictConfig) -> None:
 
 
 def _validate_partition(cfg: DictConfig, num_clients: int) -> None:
-    """fl's own key of the group; the partitioner checks its own when it is built (fl.build)."""
+    """fl's own key of the group; the partitioner checks its own when it is built (fl.config.build)."""
     _int(cfg, "partition.label_groups", 1, num_clients)
     if cfg.data.get("name") in ("folder", "csv"):
         name = partition_name(cfg.partition)
@@ -257,7 +257,7 @@ def _validate_data(cfg: DictConfig, num_clients: int, world_size: int, rank: int
         _int(cfg, "data.augment.crop", 0)
         _choice(cfg, "data.augment.flip", (True, False))
     if "_target_" in d:  # a data component: it imports and takes the group's keys
-        from fl.components import check_arguments, locate
+        from fl.config.components import check_arguments, locate
         from fl.data.component import FL_KEYS
 
         for key, check in (("stream", lambda: _choice(cfg, "data.stream", (True, False))),

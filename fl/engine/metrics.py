@@ -9,7 +9,7 @@ import json
 import math
 from pathlib import Path
 
-from fl.records import dumps, write_text
+from fl.engine.records import dumps, write_text
 
 # metric key -> TensorBoard tag
 TAGS = {

@@ -16,7 +16,7 @@ its own it says nothing about the update.
 For dropouts, Shamir t-of-n sharing (:func:`split`, :func:`combine`) of each client's mask
 key and self-mask seed, with shares sealed by AES-GCM (:func:`seal`), lets the survivors
 remove the masks a missing client leaves behind. The transport that runs the protocol is
-:class:`fl.secure_sum.SecureSumAggregator`.
+:class:`fl.transport.secure_sum.SecureSumAggregator`.
 """
 
 from __future__ import annotations

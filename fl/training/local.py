@@ -15,11 +15,11 @@ from fl.data.augment import augment
 from fl.data.federation import ClientShard
 from fl.data.datasets import TensorData
 from fl.data.stream import StreamData, batches, chunks
-from fl.cohort import local_steps
-from fl.flat import FlatModel
-from fl.local_dp import dp_sgd, poisson_batches
-from fl.objective import CLASSIFICATION, eval_sums, loss as objective_loss
-from fl.seeding import derive_seed, generator
+from fl.training.cohort import local_steps
+from fl.training.flat import FlatModel
+from fl.privacy.dp_sgd import dp_sgd, poisson_batches
+from fl.training.objective import CLASSIFICATION, eval_sums, loss as objective_loss
+from fl.runtime.seeding import derive_seed, generator
 from fl.types import ClientTask, ClientUpdate, LocalTraining
 
 
@@ -50,7 +50,7 @@ def local_train(fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, ta
 
     ``extra_loss`` (e.g. FedProx's proximal term) is added to every mini-batch loss; the
     reported training loss is the data loss alone. With ``task.dp`` the steps are DP-SGD
-    steps on Poisson batches (:mod:`fl.local_dp`).
+    steps on Poisson batches (:mod:`fl.privacy.dp_sgd`).
     """
     device = global_flat.device
     fm.load_(global_flat)
@@ -92,7 +92,7 @@ def local_train(fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, ta
 def evaluate(model: torch.nn.Module, data: TensorData | StreamData, idx: torch.Tensor | None, batch_size: int,
              task: str = CLASSIFICATION) -> torch.Tensor:
     """``[loss_sum, num_correct, count]`` (float64, on the data's device) over ``data[idx]``; for a
-    regression ``task``, ``[squared_error_sum, absolute_error_sum, count]`` (:mod:`fl.objective`)."""
+    regression ``task``, ``[squared_error_sum, absolute_error_sum, count]`` (:mod:`fl.training.objective`)."""
     model.eval()
     out = torch.zeros(3, dtype=torch.float64, device=data.y.device)
     device = next(model.parameters()).device

@@ -1,0 +1,1 @@
+"""Configuration: checks before any work, the schema, components by _target_, building a job."""

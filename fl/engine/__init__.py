@@ -1,0 +1,1 @@
+"""The engine: round loop, checkpoints, evaluation, metrics, run directories."""

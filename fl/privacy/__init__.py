@@ -1,0 +1,1 @@
+"""Differential privacy: DP-FedAvg, DP-SGD inside clients, accounting."""

@@ -1,0 +1,1 @@
+"""The distributed runtime: torchrun environment, communicator, signals, random streams."""

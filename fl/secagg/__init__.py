@@ -1,0 +1,1 @@
+"""Secure aggregation maths: fixed point, keys, pairwise masks, secret sharing."""

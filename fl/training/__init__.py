@@ -1,0 +1,1 @@
+"""Client training: local SGD, per-client state, cohorts, flat parameters, losses."""

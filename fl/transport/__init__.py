@@ -1,0 +1,1 @@
+"""Aggregation transports: all-reduce, gather, secure sum."""
