@@ -1,4 +1,4 @@
-"""Malicious clients, to test defenses against (``attack=NAME``).
+"""Malicious clients, to test defenses against (``attack=NAME``, or ``attack._target_`` of your own).
 
 A fixed set of clients, ``round(fraction * num_clients)`` of them drawn from the run seed,
 is malicious for the whole run. Model poisoning replaces what such a client sends after
@@ -10,22 +10,23 @@ honest local training; data poisoning changes what it trains on:
 * ``label_flip``: trains on labels ``y -> C - 1 - y`` (Tolpegin et al. 2020);
 * ``nan_update``: sends an update full of NaN, as a crashed or buggy client would.
 
-The transforms are pure functions on tensors; :class:`Attack` applies them to the
-malicious clients only. Evaluation always uses the clients' true labels.
+The transforms are pure functions on tensors; each attack class (built from the ``attack``
+group, see :class:`NoAttack` for the contract) names one, and :class:`Adversary` applies it to
+the malicious clients only. Evaluation always uses the clients' true labels.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from fl.data.federation import ClientShard
+from fl.errors import ConfigError
 from fl.runtime.seeding import generator
 from fl.types import ClientUpdate
-
-ATTACKS = ("none", "sign_flip", "scale", "gaussian", "label_flip", "nan_update")
 
 
 def malicious_clients(seed: int, num_clients: int, fraction: float) -> frozenset[int]:
@@ -51,39 +52,133 @@ def flip_labels(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     return num_classes - 1 - y
 
 
-@dataclass(frozen=True)
-class Attack:
-    """The run's attack: its kind, parameters and malicious clients."""
+def _positive(key: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(key, value, "must be a number > 0")
 
-    name: str
+
+@dataclass(frozen=True)
+class NoAttack:
+    """Every client is honest (``attack=none``). The base of the attacks, and their contract:
+
+    an attack is built from the ``attack`` group's keys and checks them there; ``fraction`` of
+    the clients (fixed by the seed) are malicious. For them fl calls ``labels(y, num_classes)``
+    on the labels they train on (data poisoning) and ``delta(update, g)`` on what they send
+    (model poisoning; ``g`` is a generator seeded per (seed, round, client)). ``uses_labels``
+    declares that it needs class labels (refused with regression targets).
+    """
+
+    fraction: float = 0.0
+    uses_labels: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 <= self.fraction < 1:
+            raise ConfigError("attack.fraction", self.fraction, "must be a number in [0, 1)")
+
+    @property
+    def changes_data(self) -> bool:
+        return type(self).labels is not NoAttack.labels
+
+    @property
+    def changes_updates(self) -> bool:
+        return type(self).delta is not NoAttack.delta
+
+    def labels(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+        return y
+
+    def delta(self, delta: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return delta
+
+
+@dataclass(frozen=True)
+class SignFlip(NoAttack):
+    """Sends ``-factor * delta`` (``attack=sign_flip``)."""
+
+    fraction: float = 0.2
+    factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("attack.factor", self.factor)
+
+    def delta(self, delta: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return sign_flip(delta, float(self.factor))
+
+
+@dataclass(frozen=True)
+class Scale(NoAttack):
+    """Sends ``factor * delta``, a boosted update (``attack=scale``)."""
+
+    fraction: float = 0.2
+    factor: float = 10.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("attack.factor", self.factor)
+
+    def delta(self, delta: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return scale(delta, float(self.factor))
+
+
+@dataclass(frozen=True)
+class Gaussian(NoAttack):
+    """Sends ``N(0, std^2)`` noise instead of an update (``attack=gaussian``)."""
+
+    fraction: float = 0.2
+    std: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("attack.std", self.std)
+
+    def delta(self, delta: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return gaussian(delta, float(self.std), g)
+
+
+@dataclass(frozen=True)
+class LabelFlip(NoAttack):
+    """Trains on labels ``y -> C - 1 - y`` (``attack=label_flip``)."""
+
+    fraction: float = 0.2
+    uses_labels: ClassVar[bool] = True
+
+    def labels(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+        return flip_labels(y, num_classes)
+
+
+@dataclass(frozen=True)
+class NanUpdate(NoAttack):
+    """Sends an update full of NaN, as a crashed or buggy client would (``attack=nan_update``)."""
+
+    fraction: float = 0.2
+
+    def delta(self, delta: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return torch.full_like(delta, float("nan"))
+
+
+@dataclass(frozen=True)
+class Adversary:
+    """The run's attack applied to its malicious clients (honest clients pass through unchanged)."""
+
+    attack: NoAttack
     malicious: frozenset[int]
     seed: int
-    factor: float = 1.0
-    std: float = 1.0
     num_classes: int = 0
 
     def is_malicious(self, client_id: int) -> bool:
-        return self.name != "none" and client_id in self.malicious
+        return client_id in self.malicious
 
     def training_shard(self, client_id: int, shard: ClientShard) -> ClientShard:
-        """The data the client trains on: flipped labels for a label-flipping client."""
-        if self.name != "label_flip" or not self.is_malicious(client_id):
+        """The data the client trains on: poisoned labels for a malicious client of a data attack."""
+        if not (self.attack.changes_data and self.is_malicious(client_id)):
             return shard
-        data = shard.data.with_labels(flip_labels(shard.data.y, self.num_classes))
+        data = shard.data.with_labels(self.attack.labels(shard.data.y, self.num_classes))
         return dataclasses.replace(shard, data=data)
 
     def poison(self, update: ClientUpdate, round_idx: int) -> ClientUpdate:
         """What the client sends instead of ``update`` (unchanged for honest clients)."""
         cid = update.client_id
-        if not self.is_malicious(cid) or self.name == "label_flip":
+        if not (self.attack.changes_updates and self.is_malicious(cid)):
             return update
-        d = update.delta
-        if self.name == "sign_flip":
-            d = sign_flip(d, self.factor)
-        elif self.name == "scale":
-            d = scale(d, self.factor)
-        elif self.name == "gaussian":
-            d = gaussian(d, self.std, generator(self.seed, "attack", round_idx, cid, device=d.device))
-        elif self.name == "nan_update":
-            d = torch.full_like(d, float("nan"))
-        return dataclasses.replace(update, delta=d)
+        g = generator(self.seed, "attack", round_idx, cid, device=update.delta.device)
+        return dataclasses.replace(update, delta=self.attack.delta(update.delta, g))

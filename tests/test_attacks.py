@@ -7,10 +7,9 @@ import torch
 
 from conftest import fork_ranks, make_cfg, run_job
 from fl.transport.plain import GatherAggregator, SumAggregator
-from fl.attacks import Attack, flip_labels, malicious_clients
+from fl.attacks import Adversary, Gaussian, NanUpdate, Scale, SignFlip, flip_labels, malicious_clients
 from fl.training.cohort import drops_out, local_steps, slowdown
 from fl.runtime.comm import Comm
-from fl.config.validate import validate
 from fl.errors import ConfigError
 from fl.strategies import FedAvg
 from fl.strategies.base import weighted_mean
@@ -33,13 +32,13 @@ def test_malicious_set_is_fixed_by_the_seed_and_sized_by_the_fraction():
 
 def test_attack_transforms_only_malicious_clients():
     d = torch.randn(6)
-    for name, expected in (("sign_flip", -3 * d), ("scale", 3 * d)):
-        attack = Attack(name, frozenset({1}), 0, factor=3.0)
+    for cls, expected in ((SignFlip, -3 * d), (Scale, 3 * d)):
+        attack = Adversary(cls(factor=3.0), frozenset({1}), 0)
         torch.testing.assert_close(attack.poison(_update(1, d), 0).delta, expected)
         assert attack.poison(_update(2, d), 0).delta is d
-    noise = Attack("gaussian", frozenset({1}), 0, std=2.0).poison(_update(1, torch.zeros(20000)), 0).delta
+    noise = Adversary(Gaussian(std=2.0), frozenset({1}), 0).poison(_update(1, torch.zeros(20000)), 0).delta
     assert abs(float(noise.std()) - 2.0) < 0.05 and abs(float(noise.mean())) < 0.05
-    assert torch.isnan(Attack("nan_update", frozenset({1}), 0).poison(_update(1, d), 0).delta).all()
+    assert torch.isnan(Adversary(NanUpdate(), frozenset({1}), 0).poison(_update(1, d), 0).delta).all()
     assert torch.equal(flip_labels(torch.arange(10), 10), torch.arange(9, -1, -1))
 
 
@@ -104,9 +103,29 @@ def test_dropout_and_straggler_draws():
     ("fl.round_deadline=-1", "fl.round_deadline"), ("fl.min_clients_per_round=11", "fl.min_clients_per_round"),
 ])
 def test_bad_settings_name_the_key(override, key):
+    from fl.config.build import prepare
+
     cfg = make_cfg("attack=scale", "fl.num_clients=10", override)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        validate(cfg, 1)
+        prepare(cfg, 1)
+
+
+def test_an_attack_of_ones_own_by_target(monkeypatch):
+    from conftest import REPO
+    from fl.config.build import build_adversary, prepare
+
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    cfg = make_cfg("attack._target_=user_data.Silent", "attack.fraction=0.5", "fl.num_clients=10")
+    prepare(cfg, 1)
+    adversary = build_adversary(cfg, 10)
+    assert len(adversary.malicious) == 5 and adversary.malicious == malicious_clients(0, 10, 0.5)
+    bad, good = sorted(adversary.malicious)[0], sorted(set(range(10)) - adversary.malicious)[0]
+    d = torch.ones(4)
+    assert torch.equal(adversary.poison(_update(bad, d), 3).delta, torch.zeros(4))
+    assert adversary.poison(_update(good, d), 3).delta is d
+    with pytest.raises(ConfigError, match=r"attack._target_='user_data.Blocks' is invalid: must build a subclass of "
+                                          r"fl.attacks.NoAttack"):
+        prepare(make_cfg("attack._target_=user_data.Blocks", "~attack.fraction"), 1)
 
 
 ATTACK_RUN = ("fl.num_clients=10", "fl.rounds=15", "fl.eval_every=15", "optim.lr=0.1", "fl.local_epochs=3",

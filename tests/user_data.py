@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import TensorDataset
 
+from fl.attacks import NoAttack
+
 
 def blobs(n: int = 400, features: int = 6, classes: int = 3, seed: int = 0, as_dataset: bool = False):
     """Gaussian blobs as feature vectors: ((x, y), (x, y)) tensors, or two map-style Datasets."""
@@ -51,3 +53,10 @@ class Blocks:
 def overlapping(labels: torch.Tensor, num_clients: int, seed: int) -> list[torch.Tensor]:
     """Breaks the contract: every client gets every sample."""
     return [torch.arange(len(labels)) for _ in range(num_clients)]
+
+
+class Silent(NoAttack):
+    """An attack of one's own: malicious clients send a zero update (they train, then withhold it)."""
+
+    def delta(self, delta: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return torch.zeros_like(delta)

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fl.attacks import Attack, malicious_clients
+from fl.attacks import Adversary, NoAttack, malicious_clients
 from fl.training.cohort import home_rank
 from fl.runtime.comm import Comm
 from fl.config.components import instantiate_component, locate
@@ -25,7 +25,7 @@ from fl.data.partition import holdout_split
 from fl.data.datasets import DatasetSpec, TensorData
 from fl.data.federation import (ClientShard, partition_indices, simulated_clients, site_client, summary,
                                 with_label_groups)
-from fl.config.validate import partition_name
+from fl.config.validate import option_name, partition_name
 from fl.errors import ConfigError
 from fl.privacy.dp_sgd import LocalDP
 from fl.privacy.dp_fedavg import DPFedAvg
@@ -65,7 +65,7 @@ def build_federation(cfg: DictConfig, comm: Comm, device: torch.device) -> Feder
     if "_target_" in d:  # the user's own data, or any torchvision class (fl.data.component)
         loaded = component.load(d)
         train, test, spec = loaded.train, loaded.test, loaded.spec
-        check_task(cfg, spec.task, build_partitioner(cfg))
+        check_task(cfg, spec.task, build_partitioner(cfg), build_attack(cfg))
     elif d.name == "digits":
         train, test, spec = datasets.load_digits(float(d.test_fraction), int(d.split_seed))
     elif d.name == "synthetic":
@@ -104,7 +104,7 @@ def build_partitioner(cfg: DictConfig) -> Callable:
     return partitioner
 
 
-def check_task(cfg: DictConfig, task: str, partitioner: Callable) -> None:
+def check_task(cfg: DictConfig, task: str, partitioner: Callable, attack: NoAttack) -> None:
     """The loss and the components that read class labels must suit the data's task (fl.training.objective)."""
     check_loss(str(cfg.train.get("loss", "auto")), task)
     if task != REGRESSION:
@@ -113,7 +113,7 @@ def check_task(cfg: DictConfig, task: str, partitioner: Callable) -> None:
         ("partition", partition_name(cfg.partition), getattr(partitioner, "uses_labels", True)
          and cfg.data.get("name") not in ("csv", "folder")),
         ("partition.label_groups", cfg.partition.get("label_groups", 1), cfg.partition.get("label_groups", 1) != 1),
-        ("attack", cfg.attack.get("name"), cfg.attack.get("name") == "label_flip"),
+        ("attack", option_name("attack", cfg.attack), attack.uses_labels and bool(attack.fraction)),
     ) if bad]
     if label_based:
         key, value = label_based[0]
@@ -222,11 +222,31 @@ def build_augment(cfg: DictConfig, spec: DatasetSpec) -> Augment | None:
     return aug if aug.active else None
 
 
-def build_attack(cfg: DictConfig, num_classes: int) -> Attack:
-    a = cfg.attack
-    fraction = float(a.get("fraction", 0.0)) if a.name != "none" else 0.0
-    return Attack(str(a.name), malicious_clients(int(cfg.seed), int(cfg.fl.num_clients), fraction), int(cfg.seed),
-                  float(a.get("factor", 1.0)), float(a.get("std", 1.0)), num_classes)
+def build_attack(cfg: DictConfig) -> NoAttack:
+    """The ``attack`` group's attack, its keys checked (contract: fl.attacks.NoAttack)."""
+    attack = instantiate_component("attack", cfg.attack)
+    if not isinstance(attack, NoAttack):
+        raise ConfigError("attack._target_", cfg.attack.get("_target_"), "must build a subclass of "
+                          "fl.attacks.NoAttack (overriding labels() and/or delta())")
+    return attack
+
+
+def build_adversary(cfg: DictConfig, num_classes: int) -> Adversary:
+    """The attack and its malicious clients, fixed by the seed."""
+    attack = build_attack(cfg)
+    malicious = malicious_clients(int(cfg.seed), int(cfg.fl.num_clients), float(attack.fraction))
+    if not (attack.changes_data or attack.changes_updates):
+        malicious = frozenset()
+    return Adversary(attack, malicious, int(cfg.seed), num_classes)
+
+
+def _warn_attack(cfg: DictConfig, attack: NoAttack) -> None:
+    active = attack.changes_data or attack.changes_updates
+    if not active and attack.fraction:
+        log.warning("attack.fraction=%s has no effect with attack=none", attack.fraction)
+    elif active and round(attack.fraction * int(cfg.fl.num_clients)) == 0:
+        log.warning("attack=%s with attack.fraction=%s makes no client of %d malicious", option_name("attack", cfg.attack),
+                    attack.fraction, int(cfg.fl.num_clients))
 
 
 def build_privacy(cfg: DictConfig, strategy: Strategy, transport: str, model_dim: int) -> DPFedAvg | None:
@@ -292,7 +312,9 @@ def prepare(cfg: DictConfig, world_size: int, rank: int = 0, local_rank: int = 0
     from fl.config.validate import validate
 
     validate(cfg, world_size, rank)
-    check_task(cfg, str(cfg.data.get("task", CLASSIFICATION)), build_partitioner(cfg))
+    attack = build_attack(cfg)
+    _warn_attack(cfg, attack)
+    check_task(cfg, str(cfg.data.get("task", CLASSIFICATION)), build_partitioner(cfg), attack)
     check_model_config(cfg.model)
     device = resolve_device(cfg.runtime.device, local_rank)
     backend = resolve_backend(cfg.runtime.backend, device)

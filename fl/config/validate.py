@@ -7,13 +7,13 @@ and unknown group options are already refused by Hydra when it composes the conf
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
 from fl.transport.plain import TRANSPORTS
-from fl.attacks import ATTACKS
 from fl.data import folder
 from fl.data.datasets import DATASETS, check_available
 from fl.errors import ConfigError
@@ -103,7 +103,6 @@ def validate(cfg: DictConfig, world_size: int, rank: int = 0) -> None:
         if cfg.fl.holdout_fraction == 0:
             log.warning("personalization=finetune has no effect: fl.holdout_fraction=0 leaves nothing to evaluate")
     _validate_participation(cfg)
-    _validate_attack(cfg, num_clients)
     _validate_privacy(cfg, num_clients)
     _validate_secagg(cfg)
     _validate_optim(cfg)
@@ -134,23 +133,6 @@ def _validate_participation(cfg: DictConfig) -> None:
     elif cfg.fl.client_slowdown_max > 1:
         log.warning("fl.client_slowdown_max=%s has no effect without fl.round_deadline", cfg.fl.client_slowdown_max)
     _int(cfg, "fl.min_clients_per_round", 1, int(cfg.fl.clients_per_round))
-
-
-def _validate_attack(cfg: DictConfig, num_clients: int) -> None:
-    _choice(cfg, "attack.name", ATTACKS)
-    a = cfg.attack
-    if a.name == "none":
-        if a.get("fraction", 0):
-            log.warning("attack.fraction=%s has no effect with attack=none", a.fraction)
-        return
-    fraction = _number(cfg, "attack.fraction", 0, 1)
-    if "factor" in a:
-        _number(cfg, "attack.factor", 0, low_open=True)
-    if "std" in a:
-        _number(cfg, "attack.std", 0, low_open=True)
-    if round(fraction * num_clients) == 0:
-        log.warning("attack=%s with attack.fraction=%s makes no client of %d malicious", a.name, fraction,
-                    num_clients)
 
 
 def _validate_privacy(cfg: DictConfig, num_clients: int) -> None:
@@ -244,11 +226,25 @@ def _validate_partition(cfg: DictConfig, num_clients: int) -> None:
 
 
 def partition_name(node: DictConfig) -> str:
-    """``iid``, ``dirichlet``, ``shards`` for the bundled partitioners, else the ``_target_``."""
+    """The option name (``dirichlet``) of a partition node, else its ``_target_``."""
+    return option_name("partition", node)
+
+
+def option_name(group: str, node: DictConfig) -> str:
+    """The name of the bundled option (``conf/<group>/<name>.yaml``) whose ``_target_`` the node has,
+    else the ``_target_`` itself (a user's own component)."""
     target = str(node.get("_target_", ""))
-    bundled = {"fl.data.partition.IID": "iid", "fl.data.partition.Dirichlet": "dirichlet",
-               "fl.data.partition.Shards": "shards"}
-    return bundled.get(target, target)
+    return _bundled_targets(group).get(target, target)
+
+
+@functools.lru_cache(maxsize=None)
+def _bundled_targets(group: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for path in sorted((Path(__file__).resolve().parents[2] / "conf" / group).glob("*.yaml")):
+        for line in path.read_text().splitlines():
+            if line.startswith("_target_:"):
+                out.setdefault(line.split(":", 1)[1].strip(), path.stem)
+    return out
 
 
 def _validate_data(cfg: DictConfig, num_clients: int, world_size: int, rank: int) -> None:

@@ -24,7 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import fl
 from fl.engine import checkpoint, evaluation, rundir
 from fl.transport.plain import make_aggregator
-from fl.config.build import Federation, Job, build_attack, build_augment, build_federation, build_flat_model, build_local_dp, \
+from fl.config.build import Federation, Job, build_adversary, build_augment, build_federation, build_flat_model, build_local_dp, \
     build_privacy, prepare
 from fl.training.local import local_train
 from fl.training.store import ClientStore
@@ -158,7 +158,7 @@ class Rounds:
         self.device = fm.flat.device
         self.stop = stop or StopRequest()
         self.plan = LocalTraining(int(cfg.fl.local_epochs), cfg.fl.local_steps, int(cfg.train.batch_size))
-        self.attack = build_attack(cfg, fed.spec.num_classes)
+        self.attack = build_adversary(cfg, fed.spec.num_classes)
         self.augment = build_augment(cfg, fed.spec)
         self.privacy = build_privacy(cfg, strategy, transport, len(fm))
         self.local_dp = build_local_dp(cfg, strategy)
