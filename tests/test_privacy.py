@@ -8,8 +8,8 @@ import torch
 from conftest import fork_ranks, make_cfg, run_job
 from fl.transport.plain import SumAggregator
 from fl.runtime.comm import Comm
-from fl.config.validate import validate
 from fl.errors import ConfigError
+from fl.config.build import build_privacy_settings, prepare
 from fl.privacy.dp_fedavg import DPFedAvg, epsilon
 from fl.strategies.norm_bound import clip_to_norm
 from fl.strategies import FedAvg
@@ -77,12 +77,13 @@ def test_budget_and_impossible_combinations_are_refused_before_work():
     cfg = make_cfg("privacy=dp_fedavg", "fl.num_clients=100", "fl.clients_per_round=10", "fl.rounds=50",
                    "privacy.target_epsilon=0.5")
     with pytest.raises(ConfigError, match=r"privacy.target_epsilon=0.5 .*spends epsilon=\d"):
-        validate(cfg, 1)
+        prepare(cfg, 1)
     cfg = make_cfg("privacy=dp_fedavg", "fl.num_clients=100")
-    validate(cfg, 1)
-    assert cfg.privacy.delta < 1 / 100
+    prepare(cfg, 1)
+    delta = build_privacy_settings(cfg).delta
+    assert delta == pytest.approx(100 ** -1.1) and delta < 1 / 100
     with pytest.raises(ConfigError, match="privacy.clip_norm"):
-        validate(make_cfg("privacy=dp_fedavg", "privacy.clip_norm=0"), 1)
+        prepare(make_cfg("privacy=dp_fedavg", "privacy.clip_norm=0"), 1)
 
 
 DP_RUN = ("privacy=dp_fedavg", "privacy.clip_norm=0.5", "privacy.noise_multiplier=0.3", "fl.num_clients=6",
@@ -133,9 +134,9 @@ def test_adaptive_clip_norm_tracks_the_target_quantile_of_update_norms():
 
 def test_adaptive_clipping_is_refused_when_the_count_noise_is_too_small():
     with pytest.raises(ConfigError, match=r"privacy.count_noise=None .*needs count_noise > noise_multiplier / 2"):
-        validate(make_cfg("privacy=dp_fedavg", "privacy.target_quantile=0.5", "fl.num_clients=10"), 1)
-    validate(make_cfg("privacy=dp_fedavg", "privacy.target_quantile=0.5", "privacy.count_noise=1",
-                      "fl.num_clients=10"), 1)
+        prepare(make_cfg("privacy=dp_fedavg", "privacy.target_quantile=0.5", "fl.num_clients=10"), 1)
+    prepare(make_cfg("privacy=dp_fedavg", "privacy.target_quantile=0.5", "privacy.count_noise=1",
+                     "fl.num_clients=10"), 1)
 
 
 def test_adaptive_clip_norm_is_checkpointed_and_resumes_exactly(tmp_path):
@@ -166,12 +167,10 @@ def test_fixed_size_epsilon_equals_dp_accounting_composed_step_by_step():
 
 
 def test_the_accountant_is_chosen_by_config():
-    from fl.config.validate import dp_epsilon
-
     base = ("privacy=dp_fedavg", "fl.num_clients=50", "fl.clients_per_round=10", "fl.rounds=40")
-    fixed, poisson = make_cfg(*base), make_cfg(*base, "privacy.accountant=poisson")
-    validate(fixed, 1), validate(poisson, 1)
-    assert dp_epsilon(poisson) == pytest.approx(epsilon(1.0, 0.2, 40, 50 ** -1.1))
-    assert dp_epsilon(fixed) > dp_epsilon(poisson)
+    fixed, poisson = (build_privacy_settings(make_cfg(*base, f"privacy.accountant={a}")).epsilon(50, 10, 40)
+                      for a in ("fixed_size", "poisson"))
+    assert poisson == pytest.approx(epsilon(1.0, 0.2, 40, 50 ** -1.1))
+    assert fixed > poisson
     with pytest.raises(ConfigError, match="privacy.accountant='prv' is invalid: must be one of fixed_size, poisson"):
-        validate(make_cfg(*base, "privacy.accountant=prv"), 1)
+        prepare(make_cfg(*base, "privacy.accountant=prv"), 1)

@@ -227,15 +227,15 @@ def test_with_dp_and_adaptive_clipping_the_model_is_bit_identical_at_any_world_s
 
 
 def test_bad_secagg_settings_name_the_key():
-    from fl.config.validate import validate
+    from fl.config.build import prepare
     from fl.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"secagg.frac_bits=50 is invalid: must be an integer >= 8 and <= 40"):
-        validate(make_cfg("secagg=masking", "secagg.frac_bits=50"), 1)
-    with pytest.raises(ConfigError, match=r"secagg.name='shamir' is invalid: must be one of none, masking"):
-        validate(make_cfg("secagg=masking", "secagg.name=shamir"), 1)
+        prepare(make_cfg("secagg=masking", "secagg.frac_bits=50"), 1)
+    with pytest.raises(ConfigError, match=r"secagg._target_='fl.secagg.Shamir' is invalid: cannot be imported"):
+        prepare(make_cfg("secagg=masking", "secagg._target_=fl.secagg.Shamir"), 1)
     with pytest.raises(ConfigError, match=r"secagg.dropout='ignore' is invalid: must be one of recover, fail"):
-        validate(make_cfg("secagg=masking", "secagg.dropout=ignore"), 1)
+        prepare(make_cfg("secagg=masking", "secagg.dropout=ignore"), 1)
 
 
 def test_shamir_any_t_shares_rebuild_the_secret_and_fewer_do_not():

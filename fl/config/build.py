@@ -29,8 +29,10 @@ from fl.config.validate import option_name, partition_name
 from fl.errors import ConfigError
 from fl.privacy.dp_sgd import LocalDP
 from fl.privacy.dp_fedavg import DPFedAvg
+from fl.privacy.settings import ClientLevelDP, NoPrivacy
+from fl.secagg.settings import Masking, NoSecureAggregation
 from fl.training.flat import FlatModel
-from fl.models import build_model, check_model_config
+from fl.models import build_model, check_model_config, model_name
 from fl.training.objective import CLASSIFICATION, REGRESSION, check_loss
 from fl.runtime.seeding import derive_seed
 from fl.strategies.base import Strategy
@@ -249,38 +251,102 @@ def _warn_attack(cfg: DictConfig, attack: NoAttack) -> None:
                     attack.fraction, int(cfg.fl.num_clients))
 
 
-def build_privacy(cfg: DictConfig, strategy: Strategy, transport: str, model_dim: int) -> DPFedAvg | None:
-    """The DP-FedAvg settings, or ``None``; refuses strategies whose aggregate is not a plain mean of deltas."""
-    p = cfg.privacy
-    if p.name in ("none", "dp_sgd_local"):
-        return None
-    if transport != "allreduce" or strategy.vector_dim(model_dim) != model_dim:
-        raise ConfigError("privacy", p.name, f"needs a strategy that averages model deltas on the all-reduce path "
+def build_privacy_settings(cfg: DictConfig) -> NoPrivacy | ClientLevelDP | LocalDP:
+    """The ``privacy`` group's settings, checked when built (fl.privacy.settings); delta resolved."""
+    settings = instantiate_component("privacy", cfg.privacy)
+    if not isinstance(settings, (NoPrivacy, ClientLevelDP, LocalDP)):
+        raise ConfigError("privacy._target_", cfg.privacy.get("_target_"), "must be one of "
+                          "fl.privacy.settings.NoPrivacy, fl.privacy.settings.ClientLevelDP, fl.privacy.dp_sgd.LocalDP")
+    if isinstance(settings, ClientLevelDP):
+        settings = settings.resolved(int(cfg.fl.num_clients))
+    return settings
+
+
+def check_privacy(cfg: DictConfig, strategy: Strategy, transport: str) -> None:
+    """The privacy checks that involve the strategy, the transport, the cohort and the rounds."""
+    settings = build_privacy_settings(cfg)
+    name = option_name("privacy", cfg.privacy)
+    n, m = int(cfg.fl.num_clients), int(cfg.fl.clients_per_round)
+    if isinstance(settings, LocalDP):
+        build_local_dp(cfg, strategy)
+        return
+    if not isinstance(settings, ClientLevelDP):
+        return
+    if transport != "allreduce" or strategy.vector_dim(1) != 1:
+        raise ConfigError("privacy", name, f"needs a strategy that averages model deltas on the all-reduce path "
                           f"(fedavg, fedprox, fedavgm, fedadam, ...), not {type(strategy).__name__}")
-    quantile = p.get("target_quantile")
+    z = float(settings.noise_multiplier)
+    if settings.target_quantile is not None:
+        count_noise = m / 20 if settings.count_noise is None else float(settings.count_noise)
+        if z > 0 and not 2 * count_noise > z:
+            raise ConfigError("privacy.count_noise", settings.count_noise,
+                              f"adaptive clipping needs count_noise > noise_multiplier / 2 = {z / 2:g} (it is "
+                              f"{count_noise:g}{' = clients_per_round / 20' if settings.count_noise is None else ''}); "
+                              f"raise it, lower privacy.noise_multiplier, or set privacy.target_quantile=null")
+    delta = float(settings.delta)  # type: ignore[arg-type]
+    if delta >= 1 / n:
+        log.warning("privacy.delta=%g is not below 1/num_clients=%g: a weak guarantee", delta, 1 / n)
+    if settings.target_epsilon is not None:
+        spent = settings.epsilon(n, m, int(cfg.fl.rounds))
+        if spent > settings.target_epsilon:
+            raise ConfigError("privacy.target_epsilon", settings.target_epsilon,
+                              f"fl.rounds={cfg.fl.rounds} at noise_multiplier={settings.noise_multiplier} with "
+                              f"{m} of {n} clients per round spends epsilon={spent:.3g} (delta={delta:.3g}); "
+                              f"raise the noise or lower fl.rounds")
+
+
+def build_privacy(cfg: DictConfig) -> DPFedAvg | None:
+    """The DP-FedAvg state of a run (``privacy=dp_fedavg``), or ``None`` (checked by :func:`check_privacy`)."""
+    p = build_privacy_settings(cfg)
+    if not isinstance(p, ClientLevelDP):
+        return None
     return DPFedAvg(float(p.clip_norm), float(p.noise_multiplier), int(cfg.fl.clients_per_round), int(cfg.seed),
-                    None if quantile is None else float(quantile), float(p.get("clip_lr", 0.2)), p.get("count_noise"))
+                    None if p.target_quantile is None else float(p.target_quantile), float(p.clip_lr), p.count_noise)
 
 
 def build_local_dp(cfg: DictConfig, strategy: Strategy) -> LocalDP | None:
     """DP-SGD settings for local training (``privacy=dp_sgd_local``), or ``None``; refuses strategies
     that add their own terms to local training (their gradients would escape the clipping)."""
-    p = cfg.privacy
-    if p.name != "dp_sgd_local":
+    settings = build_privacy_settings(cfg)
+    if not isinstance(settings, LocalDP):
         return None
     if type(strategy).client_update is not Strategy.client_update:
-        raise ConfigError("privacy", p.name, f"clips per-example gradients of the data loss, but "
-                          f"{type(strategy).__name__} changes local training; use fedavg, fedavgm, fedadam, "
-                          f"fedsgd, norm_bound or a robust aggregator")
-    return LocalDP(float(p.noise_multiplier), float(p.max_grad_norm), None if p.delta is None else float(p.delta))
+        raise ConfigError("privacy", option_name("privacy", cfg.privacy), f"clips per-example gradients of the "
+                          f"data loss, but {type(strategy).__name__} changes local training; use fedavg, fedavgm, "
+                          f"fedadam, fedsgd, norm_bound or a robust aggregator")
+    return settings
+
+
+def check_trainable(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """DP-SGD needs per-example gradients of every layer (Opacus): BatchNorm, for one, has none."""
+    from fl.privacy.dp_sgd import unsupported_layers
+
+    if isinstance(build_privacy_settings(cfg), LocalDP) and (problems := unsupported_layers(model)):
+        raise ConfigError("model", model_name(cfg.model), f"privacy=dp_sgd_local cannot train it: {problems[0]}")
+
+
+def build_secagg(cfg: DictConfig) -> NoSecureAggregation | Masking:
+    """The ``secagg`` group's settings, checked when built (fl.secagg.settings)."""
+    settings = instantiate_component("secagg", cfg.secagg)
+    if not isinstance(settings, (NoSecureAggregation, Masking)):
+        raise ConfigError("secagg._target_", cfg.secagg.get("_target_"), "must be fl.secagg.settings.Masking or "
+                          "fl.secagg.settings.NoSecureAggregation")
+    return settings
 
 
 def check_secagg(cfg: DictConfig, strategy: Strategy, transport: str) -> None:
     """Refuse secure aggregation with a strategy that needs individual updates."""
-    if cfg.secagg.name != "none" and transport != "allreduce":
-        raise ConfigError("secagg", cfg.secagg.name, f"hides every individual update, but {type(strategy).__name__} "
-                          f"(transport={transport}) needs them; use a strategy that averages (fedavg, fedprox, "
-                          f"fedavgm, fedadam, scaffold, ...) or secagg=none")
+    settings = build_secagg(cfg)
+    if isinstance(settings, NoSecureAggregation):
+        return
+    if transport != "allreduce":
+        raise ConfigError("secagg", option_name("secagg", cfg.secagg), f"hides every individual update, but "
+                          f"{type(strategy).__name__} (transport={transport}) needs them; use a strategy that "
+                          f"averages (fedavg, fedprox, fedavgm, fedadam, scaffold, ...) or secagg=none")
+    if settings.dropout == "fail" and (cfg.fl.dropout_rate > 0 or cfg.fl.round_deadline is not None):
+        log.warning("secagg.dropout=fail with fl.dropout_rate=%s, fl.round_deadline=%s: every round in which a sampled "
+                    "client sends nothing fails and leaves the model unchanged", cfg.fl.dropout_rate,
+                    cfg.fl.round_deadline)
 
 
 def build_strategy(cfg: DictConfig) -> tuple[Strategy, str]:
@@ -320,9 +386,8 @@ def prepare(cfg: DictConfig, world_size: int, rank: int = 0, local_rank: int = 0
     backend = resolve_backend(cfg.runtime.backend, device)
     strategy, requested = build_strategy(cfg)
     transport = choose_transport(requested, strategy)
-    build_privacy(cfg, strategy, transport, 1)  # the checks that involve two components
+    check_privacy(cfg, strategy, transport)  # the checks that involve two components
     check_secagg(cfg, strategy, transport)
-    build_local_dp(cfg, strategy)
     make_optimizer = build_optimizer_factory(cfg)
     strategy.check(StrategyContext(int(cfg.fl.num_clients), int(cfg.fl.clients_per_round), make_optimizer,
                                    int(cfg.seed)))

@@ -17,7 +17,6 @@ from fl.transport.plain import TRANSPORTS
 from fl.data import folder
 from fl.data.datasets import DATASETS, check_available
 from fl.errors import ConfigError
-from fl.privacy.accounting import ACCOUNTANTS, epsilon, epsilon_fixed_size
 from fl.runtime.env import BACKENDS
 
 log = logging.getLogger(__name__)
@@ -103,8 +102,6 @@ def validate(cfg: DictConfig, world_size: int, rank: int = 0) -> None:
         if cfg.fl.holdout_fraction == 0:
             log.warning("personalization=finetune has no effect: fl.holdout_fraction=0 leaves nothing to evaluate")
     _validate_participation(cfg)
-    _validate_privacy(cfg, num_clients)
-    _validate_secagg(cfg)
     _validate_optim(cfg)
     _validate_partition(cfg, num_clients)
     _validate_data(cfg, num_clients, world_size, rank)
@@ -133,74 +130,6 @@ def _validate_participation(cfg: DictConfig) -> None:
     elif cfg.fl.client_slowdown_max > 1:
         log.warning("fl.client_slowdown_max=%s has no effect without fl.round_deadline", cfg.fl.client_slowdown_max)
     _int(cfg, "fl.min_clients_per_round", 1, int(cfg.fl.clients_per_round))
-
-
-def _validate_privacy(cfg: DictConfig, num_clients: int) -> None:
-    _choice(cfg, "privacy.name", ("none", "dp_fedavg", "dp_sgd_local"))
-    p = cfg.privacy
-    if p.name == "none":
-        return
-    if p.name == "dp_sgd_local":
-        _number(cfg, "privacy.max_grad_norm", 0, low_open=True)
-        _number(cfg, "privacy.noise_multiplier", 0)
-        if p.delta is not None:
-            _number(cfg, "privacy.delta", 0, 1, low_open=True, allowed="must be null or a number in (0, 1)")
-        if p.target_epsilon is not None:
-            _number(cfg, "privacy.target_epsilon", 0, low_open=True)
-        return
-    _number(cfg, "privacy.clip_norm", 0, low_open=True)
-    _choice(cfg, "privacy.accountant", ACCOUNTANTS)
-    z = _number(cfg, "privacy.noise_multiplier", 0)
-    if p.get("target_quantile") is not None:
-        _number(cfg, "privacy.target_quantile", 0, 1, low_open=True)
-        _number(cfg, "privacy.clip_lr", 0, low_open=True)
-        count_noise = p.count_noise
-        if count_noise is None:
-            count_noise = cfg.fl.clients_per_round / 20
-        else:
-            _number(cfg, "privacy.count_noise", 0, low_open=True)
-        if z > 0 and not 2 * count_noise > z:
-            raise ConfigError("privacy.count_noise", p.count_noise,
-                              f"adaptive clipping needs count_noise > noise_multiplier / 2 = {z / 2:g} (it is "
-                              f"{count_noise:g}{' = clients_per_round / 20' if p.count_noise is None else ''}); "
-                              f"raise it, lower privacy.noise_multiplier, or set privacy.target_quantile=null")
-    with open_dict(cfg):
-        if p.delta is None:
-            p.delta = float(num_clients) ** -1.1
-    _number(cfg, "privacy.delta", 0, 1, low_open=True)
-    if p.delta >= 1 / num_clients:
-        log.warning("privacy.delta=%g is not below 1/num_clients=%g: a weak guarantee", p.delta, 1 / num_clients)
-    if p.target_epsilon is not None:
-        target = _number(cfg, "privacy.target_epsilon", 0, low_open=True)
-        spent = dp_epsilon(cfg)
-        if spent > target:
-            raise ConfigError("privacy.target_epsilon", target,
-                              f"fl.rounds={cfg.fl.rounds} at noise_multiplier={p.noise_multiplier} with "
-                              f"{cfg.fl.clients_per_round} of {num_clients} clients per round spends "
-                              f"epsilon={spent:.3g} (delta={p.delta:.3g}); raise the noise or lower fl.rounds")
-
-
-def _validate_secagg(cfg: DictConfig) -> None:
-    _choice(cfg, "secagg.name", ("none", "masking"))
-    if cfg.secagg.name == "none":
-        return
-    _int(cfg, "secagg.frac_bits", 8, 40)
-    _choice(cfg, "secagg.dropout", ("recover", "fail"))
-    _number(cfg, "secagg.threshold", 0, 1)
-    if cfg.secagg.dropout == "fail" and (cfg.fl.dropout_rate > 0 or cfg.fl.round_deadline is not None):
-        log.warning("secagg.dropout=fail with fl.dropout_rate=%s, fl.round_deadline=%s: every round in which a sampled "
-                    "client sends nothing fails and leaves the model unchanged", cfg.fl.dropout_rate,
-                    cfg.fl.round_deadline)
-
-
-def dp_epsilon(cfg: DictConfig, rounds: int | None = None) -> float:
-    """Epsilon spent after ``rounds`` (default: all) rounds of ``privacy=dp_fedavg``."""
-    p = cfg.privacy
-    steps = int(cfg.fl.rounds if rounds is None else rounds)
-    n, m, z, delta = int(cfg.fl.num_clients), int(cfg.fl.clients_per_round), float(p.noise_multiplier), float(p.delta)
-    if p.accountant == "poisson":
-        return epsilon(z, m / n, steps, delta)
-    return epsilon_fixed_size(z, n, m, steps, delta)
 
 
 def _validate_optim(cfg: DictConfig) -> None:

@@ -25,15 +25,15 @@ import fl
 from fl.engine import checkpoint, evaluation, rundir
 from fl.transport.plain import make_aggregator
 from fl.config.build import Federation, Job, build_adversary, build_augment, build_federation, build_flat_model, build_local_dp, \
-    build_privacy, prepare
+    build_privacy, build_privacy_settings, build_secagg, check_trainable, prepare
 from fl.training.local import local_train
 from fl.training.store import ClientStore
 from fl.training.cohort import assign, client_epochs, drops_out, local_steps, sample_cohort, slowdown
 from fl.runtime.comm import Comm
-from fl.config.validate import dp_epsilon
 from fl.errors import ConfigError
+from fl.secagg.settings import Masking
 from fl.training.flat import FlatModel
-from fl.privacy.dp_sgd import LocalAccountant, unsupported_layers
+from fl.privacy.dp_sgd import LocalAccountant
 from fl.engine.logs import setup_logging
 from fl.engine.metrics import MetricsSink, NullSink
 from fl.models import model_name
@@ -122,8 +122,7 @@ def _set_up(cfg: DictConfig, comm: Comm, job: Job, run_dir: Path, existing: Exis
     fed = build_federation(cfg, comm, job.device)
     fm = build_flat_model(cfg, fed.spec, job.device)
     job.strategy.on_model(fm)
-    if cfg.privacy.name == "dp_sgd_local" and (problems := unsupported_layers(fm.module)):
-        raise ConfigError("model", model_name(cfg.model), f"privacy=dp_sgd_local cannot train it: {problems[0]}")
+    check_trainable(cfg, fm.module)
     rounds = Rounds(cfg, comm, fed, fm, job.strategy, job.transport, job.make_optimizer, run_dir, stop)
     rounds.set_up(existing)
     return rounds
@@ -160,7 +159,9 @@ class Rounds:
         self.plan = LocalTraining(int(cfg.fl.local_epochs), cfg.fl.local_steps, int(cfg.train.batch_size))
         self.attack = build_adversary(cfg, fed.spec.num_classes)
         self.augment = build_augment(cfg, fed.spec)
-        self.privacy = build_privacy(cfg, strategy, transport, len(fm))
+        self.privacy = build_privacy(cfg)
+        self.dp_settings = build_privacy_settings(cfg)
+        self.secagg = build_secagg(cfg)
         self.local_dp = build_local_dp(cfg, strategy)
         self.accountant: LocalAccountant | None = None
         self.store = ClientStore(run_dir / "client_state", int(cfg.fl.checkpoint_every), int(cfg.fl.keep_checkpoints))
@@ -237,7 +238,8 @@ class Rounds:
                    "late": result.late, "rejected": result.rejected, "skipped": int(result.skipped),
                    "comm_bytes": result.comm_bytes}
         if self.privacy is not None:
-            metrics["dp_epsilon"] = dp_epsilon(self.cfg, rnd + 1)
+            metrics["dp_epsilon"] = self.dp_settings.epsilon(int(self.cfg.fl.num_clients),  # type: ignore[union-attr]
+                                                             int(self.cfg.fl.clients_per_round), rnd + 1)
             metrics["dp_clip_norm"] = self.privacy.clip_norm
         if self.accountant is not None:
             metrics["dp_local_epsilon"] = self.comm.all_reduce_max(self.accountant.worst()[0])
@@ -250,12 +252,12 @@ class Rounds:
         cfg, comm = self.cfg, self.comm
         cohort = sample_cohort(cfg.seed, rnd, cfg.fl.num_clients, cfg.fl.clients_per_round)
         by_rank = assign(cohort, comm.world_size, self.fed.per_site)
-        if cfg.secagg.name == "masking":
+        if isinstance(self.secagg, Masking):
             from fl.transport.secure_sum import SecureSumAggregator  # cryptography: only runs with secagg import it
 
             agg = SecureSumAggregator(self.strategy, comm, len(self.fm), self.device, cohort, by_rank[comm.rank], rnd,
-                                      int(cfg.secagg.frac_bits), int(cfg.fl.min_clients_per_round), self.privacy,
-                                      cfg.secagg.dropout == "recover", float(cfg.secagg.threshold))
+                                      self.secagg.frac_bits, int(cfg.fl.min_clients_per_round), self.privacy,
+                                      self.secagg.dropout == "recover", float(self.secagg.threshold))
         else:
             agg = make_aggregator(self.transport, self.strategy, comm, len(self.fm), self.device,
                                   max(len(r) for r in by_rank), int(cfg.fl.min_clients_per_round), self.privacy)
@@ -301,7 +303,7 @@ class Rounds:
 
     def _check_local_budget(self) -> None:
         """Refuse (on every rank alike) a run in which some client would spend more than the target."""
-        target = self.cfg.privacy.target_epsilon
+        target = self.local_dp.target_epsilon  # type: ignore[union-attr]
         if target is None:
             return
         worst, cid = self._local_dp_replay(range(int(self.cfg.fl.rounds))).worst()
@@ -310,7 +312,7 @@ class Rounds:
             who = f"client {cid}" if worst == overall else "a client on another rank"
             raise ConfigError("privacy.target_epsilon", target,
                               f"over fl.rounds={self.cfg.fl.rounds} {who} would spend epsilon={overall:.3g} at "
-                              f"noise_multiplier={self.cfg.privacy.noise_multiplier}; raise the noise or lower "
+                              f"noise_multiplier={self.local_dp.noise_multiplier}; raise the noise or lower "
                               f"fl.rounds or fl.local_epochs")
 
     def _late(self, cid: int, num_train: int, plan: LocalTraining) -> bool:

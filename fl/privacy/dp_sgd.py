@@ -27,9 +27,20 @@ from fl.privacy.accounting import epsilon
 
 @dataclass(frozen=True)
 class LocalDP:
-    noise_multiplier: float
-    max_grad_norm: float
+    """DP-SGD's settings (``privacy=dp_sgd_local``), checked when built."""
+
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
     delta: float | None = None  # None: each client's n^-1.1
+    target_epsilon: float | None = None  # refuse a run in which some client would spend more
+
+    def __post_init__(self) -> None:
+        from fl.privacy.settings import number
+
+        number("privacy.max_grad_norm", self.max_grad_norm, 0, low_open=True)
+        number("privacy.noise_multiplier", self.noise_multiplier, 0)
+        number("privacy.delta", self.delta, 0, 1, low_open=True, none=True)
+        number("privacy.target_epsilon", self.target_epsilon, 0, low_open=True, none=True)
 
 
 def poisson_batches(n: int, rate: float, steps: int, g: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
