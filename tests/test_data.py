@@ -58,10 +58,17 @@ def _write_sites(root, num_sites):
 
 def test_folder_sites_train_on_their_own_rank(tmp_path):
     _write_sites(tmp_path, 2)
-    cfg = make_cfg("data=folder", f"data.root='{tmp_path}/site_{{client}}'", f"data.test_root={tmp_path}/test",
-                   "data.image_size=8", "model=cnn_padded", "fl.rounds=10", "fl.local_epochs=2", "optim.lr=0.1",
-                   "fl.checkpoint_every=0", "fl.eval_every=10")
-    summaries = fork_ranks(2, run_job, tmp_path, cfg, tmp_path / "run")
+    job = ("data=folder", f"data.root='{tmp_path}/site_{{client}}'", f"data.test_root={tmp_path}/test",
+           "data.image_size=8", "model=cnn_padded", "fl.rounds=10", "fl.local_epochs=2", "optim.lr=0.1",
+           "fl.checkpoint_every=0", "fl.eval_every=10")
+    summaries = fork_ranks(2, run_job, tmp_path, make_cfg(*job), tmp_path / "run")
+    # the same sites decoded lazily, batch by batch (data.stream=true), train the same model
+    fork_ranks(2, run_job, tmp_path, make_cfg(*job, "fl.rounds=2", "data.stream=true", "data.workers=1"),
+               tmp_path / "streamed")
+    fork_ranks(2, run_job, tmp_path, make_cfg(*job, "fl.rounds=2"), tmp_path / "in_memory")
+    a, b = (torch.load(tmp_path / r / "final_model.pt", weights_only=True) for r in ("streamed", "in_memory"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
     part = json.loads((tmp_path / "run" / "partition.json").read_text())
     assert part["classes"] == [f"digit_{d}" for d in range(10)]
     site1 = np.array(part["clients"]["1"]["label_counts"])

@@ -147,13 +147,18 @@ def _build_sites(cfg: DictConfig, comm: Comm, device: torch.device) -> Federatio
     classes = sorted({n for names in comm.all_gather_object(local_names) for n in names})
     shape = (int(d.channels), int(d.image_size), int(d.image_size))
     shards = {}
+    if d.get("stream", False):  # read lazily, batch by batch (fl.data.stream)
+        def read(path):
+            return folder.stream_folder(path, classes, shape[1], shape[0], int(d.workers), int(d.prefetch))
+    else:
+        def read(path):
+            return folder.load_folder(path, classes, shape[1], shape[0]).to(device)
     for c in mine:
-        data = folder.load_folder(folder.site_path(str(d.root), c), classes, shape[1], shape[0]).to(device)
-        shards[c] = site_client(data, cfg.fl.holdout_fraction, cfg.seed, c)
+        shards[c] = site_client(read(folder.site_path(str(d.root), c)), cfg.fl.holdout_fraction, cfg.seed, c)
     _check_client_sizes(cfg, shards, None)
     test = None
     if d.test_root is not None:
-        test = folder.load_folder(folder.Path(str(d.test_root)), classes, shape[1], shape[0]).to(device)
+        test = read(folder.Path(str(d.test_root)))
     spec = DatasetSpec(shape, len(classes))
     parts = comm.all_gather_object(summary(shards, spec.num_classes)["clients"])
     clients = {k: v for part in parts for k, v in part.items()}

@@ -181,15 +181,15 @@ def _validate_data(cfg: DictConfig, num_clients: int, world_size: int, rank: int
     if d.get("augment") is not None:
         _int(cfg, "data.augment.crop", 0)
         _choice(cfg, "data.augment.flip", (True, False))
+    for key, check in (("stream", lambda: _choice(cfg, "data.stream", (True, False))),
+                       ("workers", lambda: _int(cfg, "data.workers", 0)),
+                       ("prefetch", lambda: _int(cfg, "data.prefetch", 1))):
+        if key in d:
+            check()
     if "_target_" in d:  # a data component: it imports and takes the group's keys
         from fl.config.components import check_arguments, locate
         from fl.data.component import FL_KEYS
 
-        for key, check in (("stream", lambda: _choice(cfg, "data.stream", (True, False))),
-                           ("workers", lambda: _int(cfg, "data.workers", 0)),
-                           ("prefetch", lambda: _int(cfg, "data.prefetch", 1))):
-            if key in d:
-                check()
         args = {k: v for k, v in d.items() if not str(k).startswith("_") and k not in FL_KEYS}
         check_arguments("data", locate("data", d.get("_target_")), args, set())
     elif d.name in ("mnist", "fashion_mnist", "cifar10"):

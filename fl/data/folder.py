@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from fl.data.datasets import TensorData
+from fl.data.stream import StreamData
 from fl.errors import ConfigError
 
 
@@ -46,8 +47,9 @@ def class_names(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.is_dir())
 
 
-def load_folder(path: Path, classes: list[str], image_size: int, channels: int) -> TensorData:
-    """All images under ``path`` as normalised tensors, labels indexed into ``classes``."""
+def open_folder(path: Path, classes: list[str], image_size: int, channels: int) -> tuple[object, torch.Tensor]:
+    """The ImageFolder under ``path`` (decoding each image when read: resized, normalised) and its
+    labels indexed into ``classes`` (the names agreed over every site)."""
     from torchvision import datasets, transforms
 
     steps = [transforms.Resize((image_size, image_size))]
@@ -58,5 +60,18 @@ def load_folder(path: Path, classes: list[str], image_size: int, channels: int) 
     if len(ds) == 0:
         raise ConfigError("data.root", str(path), "holds no images")
     remap = torch.tensor([classes.index(c) for c in ds.classes], dtype=torch.int64)
-    xs, ys = zip(*(ds[i] for i in range(len(ds))), strict=True)
-    return TensorData(torch.stack(xs), remap[torch.tensor(ys, dtype=torch.int64)])
+    return ds, remap[torch.tensor(ds.targets, dtype=torch.int64)]
+
+
+def load_folder(path: Path, classes: list[str], image_size: int, channels: int) -> TensorData:
+    """All images under ``path`` as normalised tensors, labels indexed into ``classes``."""
+    ds, y = open_folder(path, classes, image_size, channels)
+    return TensorData(torch.stack([ds[i][0] for i in range(len(ds))]), y)  # type: ignore[index]
+
+
+def stream_folder(path: Path, classes: list[str], image_size: int, channels: int, workers: int,
+                  prefetch: int) -> StreamData:
+    """The images under ``path`` read lazily in fl's batches (``data.stream=true``), same values as
+    :func:`load_folder`."""
+    ds, y = open_folder(path, classes, image_size, channels)
+    return StreamData(ds, y, workers, prefetch)
