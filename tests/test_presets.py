@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import REPO, make_cfg
-from fl.config.validate import partition_name, validate
+from fl.config.validate import option_name, partition_name, validate
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
@@ -12,7 +12,7 @@ def test_experiments_compose_and_validate(experiment, tmp_path):
         privacy = "dp_fedavg" if experiment == "dp_digits" else "dp_sgd_local"
         cfg = make_cfg(f"experiment={experiment}", f"privacy={privacy}")
         validate(cfg, 2)
-        assert cfg.data.name == "digits" and cfg.fl.num_clients in (50, 5)
+        assert option_name("data", cfg.data) == "digits" and cfg.fl.num_clients in (50, 5)
         return
     if experiment == "hospitals":  # per-site tables written from scikit-learn's bundled breast-cancer data
         from fl.data.hospitals import make
@@ -25,7 +25,7 @@ def test_experiments_compose_and_validate(experiment, tmp_path):
         return
     cfg = make_cfg(f"experiment={experiment}", f"data.root={tmp_path}")  # download=true: files not needed yet
     validate(cfg, 2)
-    assert cfg.data.name == "mnist" and cfg.fl.num_clients == 100 and cfg.fl.clients_per_round == 10
+    assert option_name("data", cfg.data) == "mnist" and cfg.fl.num_clients == 100 and cfg.fl.clients_per_round == 10
 
 
 def test_mcmahan_presets_match_the_paper():

@@ -64,22 +64,10 @@ def build_federation(cfg: DictConfig, comm: Comm, device: torch.device) -> Feder
         return _build_sites(cfg, comm, target)
     if d.get("name") == "csv":
         return _build_tables(cfg, comm, target)
-    if "_target_" in d:  # the user's own data, or any torchvision class (fl.data.component)
-        loaded = component.load(d)
-        train, test, spec = loaded.train, loaded.test, loaded.spec
-        check_task(cfg, spec.task, build_partitioner(cfg), build_attack(cfg))
-    elif d.name == "digits":
-        train, test, spec = datasets.load_digits(float(d.test_fraction), int(d.split_seed))
-    elif d.name == "synthetic":
-        train, test, spec = datasets.make_synthetic(
-            int(d.num_train), int(d.num_test), int(d.num_classes), tuple(d.shape), float(d.noise),
-            derive_seed(cfg.seed, "synthetic"),
-        )
-    else:
-        if comm.is_main:  # one rank downloads/extracts; the others wait, then read
-            datasets.prepare(d.name, str(d.root), bool(d.download))
-        comm.barrier()
-        train, test, spec = datasets.load_torchvision(d.name, str(d.root))
+    # the bundled datasets, the user's own data, or any torchvision class (fl.data.component)
+    loaded = component.load(d, datasets.LoadContext(int(cfg.seed), comm))
+    train, test, spec = loaded.train, loaded.test, loaded.spec
+    check_task(cfg, spec.task, build_partitioner(cfg), build_attack(cfg))
     parts = partition_indices(train.y, cfg.fl.num_clients, build_partitioner(cfg), cfg.seed,
                               str(cfg.partition.get("_target_")))
     train, test = train.to(target), None if test is None else test.to(target)

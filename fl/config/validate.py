@@ -15,7 +15,7 @@ from omegaconf import DictConfig, open_dict
 
 from fl.transport.plain import TRANSPORTS
 from fl.data import folder
-from fl.data.datasets import DATASETS, check_available
+from fl.data.datasets import SITE_DATASETS
 from fl.errors import ConfigError
 from fl.runtime.env import BACKENDS
 
@@ -52,7 +52,7 @@ def validate(cfg: DictConfig, world_size: int, rank: int = 0) -> None:
     _int(cfg, "seed", 0)
     _int(cfg, "fl.rounds", 1)
     if "_target_" not in cfg.data:
-        _choice(cfg, "data.name", DATASETS)
+        _choice(cfg, "data.name", SITE_DATASETS)
     _choice(cfg, "strategy.transport", TRANSPORTS)
     _choice(cfg, "runtime.backend", BACKENDS)
     _choice(cfg, "runtime.device", ("auto", "cpu", "cuda"))
@@ -187,22 +187,17 @@ def _validate_data(cfg: DictConfig, num_clients: int, world_size: int, rank: int
         if key in d:
             check()
     if "_target_" in d:  # a data component: it imports and takes the group's keys
-        from fl.config.components import check_arguments, locate
+        import inspect
+
+        from fl.config.components import check_arguments, instantiate_component, locate
         from fl.data.component import FL_KEYS
 
-        args = {k: v for k, v in d.items() if not str(k).startswith("_") and k not in FL_KEYS}
-        check_arguments("data", locate("data", d.get("_target_")), args, set())
-    elif d.name in ("mnist", "fashion_mnist", "cifar10"):
-        check_available(d.name, str(d.root), bool(d.download))
-    elif d.name == "digits":
-        if not (isinstance(d.test_fraction, float) and 0 < d.test_fraction < 1):
-            raise ConfigError("data.test_fraction", d.test_fraction, "must be a number in (0, 1)")
-    elif d.name == "synthetic":
-        _int(cfg, "data.num_train", num_clients)
-        _int(cfg, "data.num_test", 1)
-        _int(cfg, "data.num_classes", 2)
-        if len(d.shape) != 3 or any(not isinstance(s, int) or s < 1 for s in d.shape):
-            raise ConfigError("data.shape", list(d.shape), "must be [channels, height, width] of positive integers")
+        target = locate("data", d.get("_target_"))
+        if inspect.isclass(target) and callable(getattr(target, "load", None)):
+            instantiate_component("data", d, skip=FL_KEYS)  # a loader object checks its keys when built
+        else:  # a function or a Dataset class: building it would load the data
+            args = {k: v for k, v in d.items() if not str(k).startswith("_") and k not in FL_KEYS}
+            check_arguments("data", target, args, set())
     elif d.name == "csv":
         if "{client}" not in str(d.root):
             raise ConfigError("data.root", d.root, "must contain '{client}', e.g. /data/hospital_{client}.csv")

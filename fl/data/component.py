@@ -15,6 +15,11 @@ fast path), infers the input shape and the class count (``classes`` of the datas
 them, else the largest label + 1), partitions the training set over the clients and shards the
 test set over the ranks, as for the bundled datasets.
 
+A loader object, a class with a ``load(ctx)`` method (:class:`~fl.data.datasets.LoadContext`: the
+run's seed and communicator), is built from the group's keys before any work (so it checks them
+then) and asked for its data when the run loads it; the bundled ``digits``, ``synthetic``,
+``mnist``, ``fashion_mnist`` and ``cifar10`` are such loaders (:mod:`fl.data.datasets`).
+
 ``fl.data.component.torchvision_dataset`` adapts any torchvision dataset class with the
 ``train=True/False`` split convention (``conf/data/torchvision.yaml``)::
 
@@ -30,7 +35,7 @@ import torch
 from omegaconf import DictConfig
 
 from fl.config.components import instantiate_component, locate
-from fl.data.datasets import DatasetSpec, Loaded, TensorData
+from fl.data.datasets import DatasetSpec, LoadContext, Loaded, TensorData
 from fl.data.stream import stream_of
 from fl.errors import ConfigError
 from fl.training.objective import REGRESSION
@@ -38,9 +43,12 @@ from fl.training.objective import REGRESSION
 FL_KEYS = ("on_device", "augment", "task", "stream", "workers", "prefetch")  # data keys that fl reads itself; not passed to the component
 
 
-def load(node: DictConfig) -> Loaded:
-    """Call ``data._target_`` and turn what it returns into tensors and a spec (see the module docstring)."""
+def load(node: DictConfig, ctx: LoadContext | None = None) -> Loaded:
+    """Call ``data._target_`` and turn what it returns into tensors and a spec (see the module docstring).
+    A loader object (one with a ``load(ctx)`` method, such as the bundled datasets) is asked for its data."""
     out = instantiate_component("data", node, skip=FL_KEYS)
+    if not isinstance(out, (Loaded, tuple)) and callable(getattr(out, "load", None)):
+        out = out.load(ctx)
     task = node.get("task")
     if isinstance(out, Loaded) and node.get("stream", False):
         raise ConfigError("data.stream", True, f"needs map-style Datasets, but data._target_="

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from fl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "synthetic", "folder", "csv")
+SITE_DATASETS = ("folder", "csv")  # per-site loaders, chosen by data.name; every other option has a _target_
 
 # torchvision class name, raw files that must be present, normalisation (mean, std) per channel.
 _TORCHVISION = {
@@ -151,3 +152,93 @@ def make_synthetic(
         return TensorData(x.view(n, *shape), y)
 
     return draw(num_train), draw(num_test), DatasetSpec(tuple(shape), num_classes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What a loader object's ``load`` receives from the run: its seed and communicator (one rank may
+    download while the others wait)."""
+
+    seed: int
+    comm: object  # fl.runtime.comm.Comm
+
+
+@dataclass(frozen=True)
+class Digits:
+    """``data=digits``: scikit-learn's bundled 8x8 handwritten digits, split into train/test by seed."""
+
+    test_fraction: float = 0.2
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        t = self.test_fraction
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
+            raise ConfigError("data.test_fraction", t, "must be a number in (0, 1)")
+
+    def load(self, ctx: LoadContext) -> Loaded:
+        return Loaded(*load_digits(float(self.test_fraction), int(self.split_seed)))
+
+
+@dataclass(frozen=True)
+class Synthetic:
+    """``data=synthetic``: Gaussian class clusters in image shape, drawn from the run seed."""
+
+    num_train: int = 2000
+    num_test: int = 500
+    num_classes: int = 10
+    shape: Sequence[int] = (1, 8, 8)
+    noise: float = 1.0
+
+    def __post_init__(self) -> None:
+        for key, value, low in (("num_train", self.num_train, 1), ("num_test", self.num_test, 1),
+                                ("num_classes", self.num_classes, 2)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"data.{key}", value, f"must be an integer >= {low}")
+        if len(self.shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.shape):
+            raise ConfigError("data.shape", list(self.shape), "must be [channels, height, width] of positive integers")
+
+    def load(self, ctx: LoadContext) -> Loaded:
+        from fl.runtime.seeding import derive_seed
+
+        return Loaded(*make_synthetic(self.num_train, self.num_test, self.num_classes, tuple(self.shape),
+                                      float(self.noise), derive_seed(ctx.seed, "synthetic")))
+
+
+@dataclass(frozen=True)
+class _Torchvision:
+    """A bundled torchvision dataset: files in ``root`` (checked now unless ``download``), read as tensors."""
+
+    root: str = "data"
+    download: bool = True
+    name = ""  # the subclass's dataset
+
+    def __post_init__(self) -> None:
+        check_available(self.name, str(self.root), bool(self.download))
+
+    def load(self, ctx: LoadContext) -> Loaded:
+        comm = ctx.comm
+        if comm.is_main:  # type: ignore[attr-defined]  # one rank downloads/extracts; the others wait, then read
+            prepare(self.name, str(self.root), bool(self.download))
+        comm.barrier()  # type: ignore[attr-defined]
+        return Loaded(*load_torchvision(self.name, str(self.root)))
+
+
+@dataclass(frozen=True)
+class MNIST(_Torchvision):
+    """``data=mnist``."""
+
+    name = "mnist"
+
+
+@dataclass(frozen=True)
+class FashionMNIST(_Torchvision):
+    """``data=fashion_mnist``."""
+
+    name = "fashion_mnist"
+
+
+@dataclass(frozen=True)
+class CIFAR10(_Torchvision):
+    """``data=cifar10``."""
+
+    name = "cifar10"
