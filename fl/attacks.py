@@ -91,8 +91,8 @@ class NoAttack:
 
 
 @dataclass(frozen=True)
-class SignFlip(NoAttack):
-    """Sends ``-factor * delta`` (``attack=sign_flip``)."""
+class _Scaled(NoAttack):
+    """A model-poisoning attack with a multiplier ``factor`` > 0."""
 
     fraction: float = 0.2
     factor: float = 1.0
@@ -101,20 +101,20 @@ class SignFlip(NoAttack):
         super().__post_init__()
         _positive("attack.factor", self.factor)
 
+
+@dataclass(frozen=True)
+class SignFlip(_Scaled):
+    """Sends ``-factor * delta`` (``attack=sign_flip``)."""
+
     def delta(self, delta: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         return sign_flip(delta, float(self.factor))
 
 
 @dataclass(frozen=True)
-class Scale(NoAttack):
+class Scale(_Scaled):
     """Sends ``factor * delta``, a boosted update (``attack=scale``)."""
 
-    fraction: float = 0.2
     factor: float = 10.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _positive("attack.factor", self.factor)
 
     def delta(self, delta: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         return scale(delta, float(self.factor))
