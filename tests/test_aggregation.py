@@ -72,3 +72,31 @@ def test_transport_choice():
         choose_transport("allreduce", _Median())
     with pytest.raises(ConfigError, match="strategy.transport='ring'"):
         choose_transport("ring", FedAvg())
+
+
+def test_the_round_counters_are_one_record_encoded_as_a_tail():
+    from fl.transport.counters import NAMES, WIDTH, Counters
+
+    c = Counters(weight=12.0, loss_sum=torch.tensor(3.5), seen=7.0, clients=2.0, rejected=1.0, late=1.0)
+    tail = c.encode("cpu")
+    assert tail.shape == (WIDTH,) and WIDTH == len(NAMES) == 9
+    assert Counters.decode(tail) == c.replace(loss_sum=3.5)
+    assert float(tail[Counters.index("rejected")]) == 1.0 and float(tail[Counters.index("late")]) == 1.0
+    # tails add up: the sum of two encoded records decodes to the field-wise sum
+    both = Counters.decode(tail + Counters(dropped=2.0, stop=1.0).encode("cpu"))
+    assert (both.weight, both.dropped, both.stop, both.rejected) == (12.0, 2.0, 1.0, 1.0)
+    assert Counters(rejected=1).encode(dtype=torch.int64).dtype == torch.int64
+
+
+def test_the_server_step_skips_a_round_with_too_few_updates_and_applies_it_otherwise():
+    from fl.engine.server import Combined, server_step
+    from fl.transport.counters import Counters
+
+    g, agg = torch.zeros(3), torch.ones(3)
+    two = Combined(agg, Counters(weight=20.0, loss_sum=4.0, seen=8.0, clients=2.0, dropped=1.0), 96)
+    applied = server_step(FedAvg(), None, 2, 0, g, two)
+    assert torch.equal(applied.new_global, agg) and not applied.skipped
+    assert (applied.num_clients, applied.num_samples, applied.train_loss, applied.dropped) == (2, 20, 0.5, 1)
+    skipped = server_step(FedAvg(), None, 3, 0, g, two)
+    assert skipped.skipped and torch.equal(skipped.new_global, g)
+    assert server_step(FedAvg(), None, 1, 0, g, Combined(agg, Counters(clients=2.0), 0, failed=True)).skipped

@@ -23,6 +23,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import fl
 from fl.engine import checkpoint, evaluation, rundir
+from fl.engine.server import server_step
 from fl.transport.plain import make_aggregator
 from fl.config.build import Federation, Job, build_adversary, build_augment, build_federation, build_flat_model, build_local_dp, \
     build_privacy, build_privacy_settings, build_secagg, check_trainable, prepare
@@ -272,7 +273,8 @@ class Rounds:
             agg.add(self.attack.poison(update, rnd))
             if self.accountant is not None:
                 self.accountant.record(cid, shard.num_train, _steps(shard.num_train, plan))
-        return agg.finish(global_flat, rnd, self.stop.requested)
+        combined = agg.combine(rnd, self.stop.requested)  # the transport: move and combine numbers
+        return server_step(self.strategy, self.privacy, int(cfg.fl.min_clients_per_round), rnd, global_flat, combined)
 
     def _fates(self, rnd: int, hosted: list[int]) -> list[tuple[int, LocalTraining, str]]:
         """Each hosted client's local plan this round and whether it trains, drops out or is late."""

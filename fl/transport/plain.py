@@ -16,7 +16,8 @@ Whatever the transport, an update with a NaN or Inf entry never reaches the glob
 on the sum path the hosting rank drops it before adding it in (no one else ever sees it);
 on the gather path rank 0 drops the row. Rejected, dropped-out and late (straggler) clients
 are counted in the round's result. A round in which fewer than ``min_clients`` updates
-arrive leaves the global model and the server state unchanged.
+arrive leaves the global model and the server state unchanged (the server step,
+:func:`fl.engine.server.server_step`, is the same for every transport).
 """
 
 from __future__ import annotations
@@ -29,17 +30,13 @@ from fl.runtime.comm import Comm
 from fl.errors import ConfigError
 from fl.privacy.dp_fedavg import DPFedAvg
 from fl.strategies.base import Strategy
+from fl.engine.server import Combined, server_step
+from fl.transport.counters import WIDTH, Counters
 from fl.types import ClientUpdate, RoundResult
 
 log = logging.getLogger(__name__)
 
 TRANSPORTS = ("auto", "allreduce", "gather")
-
-# The per-round tail appended to every buffer (sum path) or row (gather path).
-# STOP: how many ranks were asked to stop (SIGTERM), so all ranks agree after the same round.
-# UNCLIPPED: DP clients whose update was within the clip norm (adaptive clipping).
-WEIGHT, LOSS_SUM, SEEN, CLIENTS, REJECTED, DROPPED, LATE, STOP, UNCLIPPED = range(9)
-_EXTRA = 9
 
 
 def choose_transport(requested: str, strategy: Strategy) -> str:
@@ -76,45 +73,31 @@ class Aggregator:
         """Client ``client_id`` was sampled but sends nothing (it failed, or missed the deadline)."""
         raise NotImplementedError
 
-    def finish(self, global_flat: torch.Tensor, round_idx: int, stop: bool = False) -> RoundResult:
+    def combine(self, round_idx: int, stop: bool = False) -> Combined:
         """Collective: all ranks call it once per round, even with no clients of their own.
-        ``stop``: this rank was asked to stop; the result's ``stop`` is True if any rank was."""
+        ``stop``: this rank was asked to stop; the counters' ``stop`` is > 0 if any rank was."""
         raise NotImplementedError
 
-    def _tail(self, update: ClientUpdate) -> torch.Tensor:
-        t = torch.zeros(_EXTRA, device=self.device)
-        t[WEIGHT] = self.strategy.client_weight(update)
-        t[LOSS_SUM] = update.loss_sum.float()
-        t[SEEN] = float(update.num_seen)
-        t[CLIENTS] = 1.0
-        return t
+    def finish(self, global_flat: torch.Tensor, round_idx: int, stop: bool = False) -> RoundResult:
+        """Collective: :meth:`combine`, then the server step (:func:`fl.engine.server.server_step`)."""
+        return server_step(self.strategy, self.privacy, self.min_clients, round_idx, global_flat,
+                           self.combine(round_idx, stop))
 
-    def _client_vector(self, update: ClientUpdate) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The client's vector and tail (clipped, weight 1 under DP); ``None`` when non-finite."""
+    def _counters(self, update: ClientUpdate) -> Counters:
+        return Counters(weight=self.strategy.client_weight(update), loss_sum=update.loss_sum,
+                        seen=float(update.num_seen), clients=1.0)
+
+    def _client_vector(self, update: ClientUpdate) -> tuple[torch.Tensor, Counters] | None:
+        """The client's vector and counters (clipped, weight 1 under DP); ``None`` when non-finite."""
         v = self.strategy.client_vector(update)
         if not is_finite(v):
             log.warning("client %d sent a non-finite update: rejected", update.client_id)
             return None
-        tail = self._tail(update)
+        counters = self._counters(update)
         if self.privacy is not None:
-            v, tail[UNCLIPPED] = self.privacy.clip(v)
-            tail[WEIGHT] = 1.0
-        return v, tail
-
-    def _result(self, round_idx: int, global_flat: torch.Tensor, total: torch.Tensor, nbytes: int,
-                failed: bool = False, unclipped_fraction: float | None = None) -> RoundResult:
-        """Apply the server step to ``total`` = [aggregate, tail] unless too few clients arrived
-        (or the round ``failed``); adapt the DP clip norm only for a round that is applied."""
-        tail = total[-_EXTRA:].tolist()
-        clients = int(round(tail[CLIENTS]))
-        skipped = failed or clients < self.min_clients
-        if not skipped and self.privacy is not None and unclipped_fraction is not None:
-            self.privacy.adapt(unclipped_fraction)
-        new_global = global_flat if skipped else self.strategy.server_update(global_flat, total[:-_EXTRA])
-        return RoundResult(round_idx, new_global, clients, int(round(tail[WEIGHT])),
-                           tail[LOSS_SUM] / tail[SEEN] if tail[SEEN] else float("nan"), nbytes,
-                           rejected=int(round(tail[REJECTED])), dropped=int(round(tail[DROPPED])),
-                           late=int(round(tail[LATE])), skipped=skipped, stop=tail[STOP] > 0)
+            v, unclipped = self.privacy.clip(v)
+            counters = counters.replace(weight=1.0, unclipped=unclipped)
+        return v, counters
 
 
 class SumAggregator(Aggregator):
@@ -125,86 +108,90 @@ class SumAggregator(Aggregator):
     def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, min_clients: int = 1,
                  privacy: DPFedAvg | None = None) -> None:
         super().__init__(strategy, comm, dim, device, min_clients, privacy)
-        self.buf = torch.zeros(self.vdim + _EXTRA, device=device)
+        self.buf = torch.zeros(self.vdim + WIDTH, device=device)
+
+    def _count(self, counters: Counters) -> None:
+        self.buf[self.vdim:] += counters.encode(self.device)
 
     def add(self, update: ClientUpdate) -> None:
         out = self._client_vector(update)
         if out is None:
-            self.buf[self.vdim + REJECTED] += 1
+            self._count(Counters(rejected=1.0))
             return
-        v, tail = out
-        self.buf[:self.vdim].add_(v, alpha=float(tail[WEIGHT]))
-        self.buf[self.vdim:] += tail
+        v, counters = out
+        self.buf[:self.vdim].add_(v, alpha=float(counters.weight))
+        self._count(counters)
 
     def drop(self, client_id: int, late: bool = False) -> None:
-        self.buf[self.vdim + (LATE if late else DROPPED)] += 1
+        self._count(Counters(late=1.0) if late else Counters(dropped=1.0))
 
-    def finish(self, global_flat: torch.Tensor, round_idx: int, stop: bool = False) -> RoundResult:
-        self.buf[self.vdim + STOP] = float(stop)
+    def combine(self, round_idx: int, stop: bool = False) -> Combined:
+        self._count(Counters(stop=float(stop)))
         total = self.comm.all_reduce_sum(self.buf)
         nbytes = total.numel() * total.element_size() * self.comm.world_size
-        weight = total[self.vdim + WEIGHT]
-        fraction = None
+        counters = Counters.decode(total[self.vdim:])
+        aggregate, fraction = total[:self.vdim], None
         if self.privacy is not None:
-            total[:self.vdim], fraction = self.privacy.noised_sum(total[:self.vdim],
-                                                                  float(total[self.vdim + UNCLIPPED]), round_idx)
-        elif weight > 0:
-            total[:self.vdim] /= weight
-        return self._result(round_idx, global_flat, total, nbytes, unclipped_fraction=fraction)
+            aggregate, fraction = self.privacy.noised_sum(aggregate, counters.unclipped, round_idx)
+        elif counters.weight > 0:
+            aggregate = aggregate / counters.weight
+        return Combined(aggregate, counters, nbytes, unclipped_fraction=fraction)
 
 
 class GatherAggregator(Aggregator):
     """The gather-to-rank-0 transport (see module docstring).
 
     ``rows_per_rank`` must be the same on every rank: the largest number of clients any
-    rank hosts this round. Unused rows stay zero (``CLIENTS`` = 0).
+    rank hosts this round. Unused rows stay zero (``clients`` = 0).
     """
 
     def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, rows_per_rank: int,
                  min_clients: int = 1) -> None:
         super().__init__(strategy, comm, dim, device, min_clients)
-        self.rows = torch.zeros(rows_per_rank, self.vdim + _EXTRA, device=device)
+        self.rows = torch.zeros(rows_per_rank, self.vdim + WIDTH, device=device)
         self.used = 0
 
     def add(self, update: ClientUpdate) -> None:
         row = self.rows[self.used]
         row[:self.vdim] = self.strategy.client_vector(update)
-        row[self.vdim:] = self._tail(update)
+        row[self.vdim:] = self._counters(update).encode(self.device)
         self.used += 1
 
     def drop(self, client_id: int, late: bool = False) -> None:
-        self.rows[self.used, self.vdim + (LATE if late else DROPPED)] = 1
+        self.rows[self.used, self.vdim:] = (Counters(late=1.0) if late else Counters(dropped=1.0)).encode(self.device)
         self.used += 1
 
-    def finish(self, global_flat: torch.Tensor, round_idx: int, stop: bool = False) -> RoundResult:
-        self.rows[0, self.vdim + STOP] = float(stop)
+    def combine(self, round_idx: int, stop: bool = False) -> Combined:
+        self.rows[0, self.vdim + Counters.index("stop")] = float(stop)
         gathered = self.comm.gather_rows(self.rows)
         # Rank 0 aggregates; the *aggregate* is broadcast and every rank applies server_update,
         # so server state (optimizer moments, control variates) stays identical on all ranks.
         adim = self.strategy.aggregate_dim(self.dim)
-        out = torch.zeros(adim + _EXTRA, device=self.device)
+        out = torch.zeros(adim + WIDTH, device=self.device)
         if gathered is not None:  # rank 0
-            out[adim:] = self._aggregate_rows(gathered, out[:adim])
+            out[adim:] = self._aggregate_rows(gathered, out[:adim]).encode(self.device)
         self.comm.broadcast(out)
         nbytes = self.rows.numel() * self.rows.element_size() * self.comm.world_size
         nbytes += out.numel() * out.element_size() * (self.comm.world_size - 1)
-        return self._result(round_idx, global_flat, out, nbytes)
+        return Combined(out[:adim], Counters.decode(out[adim:]), nbytes)
 
-    def _aggregate_rows(self, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Fill ``out`` with the strategy's aggregate of the good rows; return the summed tail."""
-        present = rows[:, self.vdim + CLIENTS] > 0
+    def _aggregate_rows(self, rows: torch.Tensor, out: torch.Tensor) -> Counters:
+        """Fill ``out`` with the strategy's aggregate of the good rows; return the summed counters."""
+        def column(name: str) -> torch.Tensor:
+            return rows[:, self.vdim + Counters.index(name)]
+
+        present = column("clients") > 0
         finite = torch.isfinite(rows).all(dim=1)
         good = rows[present & finite]
-        tail = good[:, self.vdim:].sum(0)
-        tail[REJECTED] = int((present & ~finite).sum())
-        tail[DROPPED] = rows[:, self.vdim + DROPPED].sum()
-        tail[LATE] = rows[:, self.vdim + LATE].sum()
-        tail[STOP] = rows[:, self.vdim + STOP].sum()
-        if tail[REJECTED]:
-            log.warning("%d non-finite client update(s) rejected", int(tail[REJECTED]))
+        rejected = int((present & ~finite).sum())
+        counters = Counters.decode(good[:, self.vdim:].sum(0)).replace(
+            rejected=float(rejected), dropped=float(column("dropped").sum()), late=float(column("late").sum()),
+            stop=float(column("stop").sum()))
+        if rejected:
+            log.warning("%d non-finite client update(s) rejected", rejected)
         if len(good) >= self.min_clients:
-            out.copy_(self.strategy.aggregate(good[:, :self.vdim], good[:, self.vdim + WEIGHT]))
-        return tail
+            out.copy_(self.strategy.aggregate(good[:, :self.vdim], good[:, self.vdim + Counters.index("weight")]))
+        return counters
 
 
 def make_aggregator(transport: str, strategy: Strategy, comm: Comm, dim: int, device: torch.device,

@@ -34,13 +34,14 @@ import secrets
 
 import torch
 
-from fl.transport.plain import _EXTRA, CLIENTS, DROPPED, LATE, REJECTED, STOP, UNCLIPPED, WEIGHT, \
-    Aggregator
+from fl.engine.server import Combined
+from fl.transport.counters import WIDTH, Counters
+from fl.transport.plain import Aggregator
 from fl.runtime.comm import Comm
 from fl.privacy.dp_fedavg import DPFedAvg
 from fl.secagg.masking import ClientKeys, FixedPoint, combine, ring, seal, self_mask, split, unseal
 from fl.strategies.base import Strategy
-from fl.types import ClientUpdate, RoundResult
+from fl.types import ClientUpdate
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,9 @@ class SecureSumAggregator(Aggregator):
         self.inbox: dict[tuple[int, int], bytes] = {}
         if recover:
             self._share_keys()
-        self.length = self.vdim + _EXTRA
-        # Clear part: the rank counters (REJECTED, DROPPED, LATE, STOP) and one "sent" flag per client.
-        self.buf = torch.zeros(self.length + _EXTRA + len(self.cohort), dtype=torch.int64)
+        self.length = self.vdim + WIDTH  # the masked part: weighted vector and the clients' counters
+        # Clear part: the rank's counters (rejected, dropped, late, stop) and one "sent" flag per client.
+        self.buf = torch.zeros(self.length + WIDTH + len(self.cohort), dtype=torch.int64)
 
     def _share_keys(self) -> None:
         """Each hosted client splits its mask key and self-mask seed t-of-n and sends share j,
@@ -90,45 +91,49 @@ class SecureSumAggregator(Aggregator):
             self.protocol_bytes += sum(len(c) for c in part.values())
         self.inbox.update({k: c for k, c in out.items() if k[0] == k[1]})
 
+    def _count(self, counters: Counters) -> None:
+        """Counters that travel in the clear (none reveals a client's update)."""
+        self.buf[self.length:self.length + WIDTH] += counters.encode(dtype=torch.int64)
+
     def add(self, update: ClientUpdate) -> None:
         out = self._client_vector(update)
         if out is None:
-            self.buf[self.length + REJECTED] += 1
+            self._count(Counters(rejected=1))
             return
-        v, tail = out
-        x = torch.cat([v.double() * float(tail[WEIGHT]), tail.double()]).cpu()
+        v, counters = out
         if self.privacy is not None:
             noise, count_noise = self.privacy.noise_share(self.vdim, self.round_idx, update.client_id)
+            counters = counters.replace(unclipped=float(counters.unclipped) + count_noise)
+        x = torch.cat([v.double() * float(counters.weight), counters.encode(v.device, torch.float64)]).cpu()
+        if self.privacy is not None:
             x[:self.vdim] += noise
-            x[self.vdim + UNCLIPPED] += count_noise
         largest = float(x.abs().max())
         if largest * len(self.cohort) >= self.fixed.limit:
             log.warning("client %d: an entry of magnitude %.3g does not fit secagg.frac_bits=%d for %d clients "
                         "(at most %.3g each): rejected", update.client_id, largest, self.fixed.frac_bits,
                         len(self.cohort), self.fixed.limit / len(self.cohort))
-            self.buf[self.length + REJECTED] += 1
+            self._count(Counters(rejected=1))
             return
         cid = update.client_id
         masked = self.fixed.encode(x).add_(self.keys[cid].mask(cid, self.publics, self.round_idx, self.length))
         if self.recover:
             masked.add_(self_mask(self.seeds[cid], self.round_idx, self.length))
         ring(self.buf[:self.length].add_(ring(masked)))
-        self.buf[self.length + _EXTRA + self.slot[cid]] = 1
+        self.buf[self.length + WIDTH + self.slot[cid]] = 1
 
     def drop(self, client_id: int, late: bool = False) -> None:
-        self.buf[self.length + (LATE if late else DROPPED)] += 1
+        self._count(Counters(late=1) if late else Counters(dropped=1))
 
-    def finish(self, global_flat: torch.Tensor, round_idx: int, stop: bool = False) -> RoundResult:
-        self.buf[self.length + STOP] = int(stop)
+    def combine(self, round_idx: int, stop: bool = False) -> Combined:
+        self._count(Counters(stop=int(stop)))
         total = self.comm.all_reduce_sum(self.buf.to(self.device)).cpu()
         nbytes = total.numel() * total.element_size() * self.comm.world_size + self.protocol_bytes
-        counters = total[self.length:self.length + _EXTRA].double()
-        sent = total[self.length + _EXTRA:].tolist()
+        clear = Counters.decode(total[self.length:self.length + WIDTH].double())
+        sent = total[self.length + WIDTH:].tolist()
         survivors = [cid for cid, s in zip(self.cohort, sent, strict=True) if s]
         missing = [cid for cid, s in zip(self.cohort, sent, strict=True) if not s]
         failed = bool(missing) and (not self.recover or len(survivors) < self.t)
-        out = torch.zeros(self.length, dtype=torch.float64)
-        fraction = None
+        aggregate, masked, fraction = torch.zeros(self.vdim, dtype=torch.float64), Counters(), None
         if failed:
             if self.comm.is_main:
                 why = (f"only {len(survivors)} sent, fewer than the threshold of {self.t}" if self.recover else
@@ -136,22 +141,22 @@ class SecureSumAggregator(Aggregator):
                 log.warning("round %d: secure aggregation failed: client(s) %s of the %d sampled sent no masked input "
                             "after key agreement (dropped, late or rejected) and their masks cannot be removed (%s); "
                             "the global model is unchanged", round_idx + 1, missing, len(self.cohort), why)
-            out[self.vdim + CLIENTS] = len(survivors)
+            masked = Counters(clients=len(survivors))
         else:
             masked_sum = total[:self.length]
             if self.recover and survivors:
                 masked_sum = masked_sum - self._unmask(survivors, missing)
                 nbytes += self.reveal_bytes
             out = self.fixed.decode(ring(masked_sum))
+            aggregate, masked = out[:self.vdim], Counters.decode(out[self.vdim:])
             if self.privacy is not None:
-                fraction = float(out[self.vdim + UNCLIPPED]) / self.privacy.expected_clients
-                out[:self.vdim] /= self.privacy.expected_clients
-            elif out[self.vdim + WEIGHT] > 0:
-                out[:self.vdim] /= out[self.vdim + WEIGHT]
-        for s in (REJECTED, DROPPED, LATE, STOP):
-            out[self.vdim + s] = counters[s]
-        result = out.to(device=global_flat.device, dtype=global_flat.dtype)
-        return self._result(round_idx, global_flat, result, nbytes, failed=failed, unclipped_fraction=fraction)
+                fraction = float(masked.unclipped) / self.privacy.expected_clients
+                aggregate = aggregate / self.privacy.expected_clients
+            elif masked.weight > 0:
+                aggregate = aggregate / masked.weight
+        counters = masked.replace(rejected=clear.rejected, dropped=clear.dropped, late=clear.late, stop=clear.stop)
+        return Combined(aggregate.to(device=self.device, dtype=torch.float32), counters, nbytes, failed=failed,
+                        unclipped_fraction=fraction)
 
     def _unmask(self, survivors: list[int], missing: list[int]) -> torch.Tensor:
         """Collective: survivors reveal their share of each survivor's self-mask seed and of each
