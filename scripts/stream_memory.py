@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,7 @@ def _run(root: Path, stream: bool, budget_mb: int, run_dir: Path) -> tuple[str, 
             "fl.num_clients=2", "fl.rounds=1", "fl.local_epochs=1", "train.batch_size=256",
             "fl.holdout_fraction=0", "runtime.progress=false", f"hydra.run.dir={run_dir}"]
     limit = budget_mb * 2**20
+    shutil.rmtree(run_dir, ignore_errors=True)  # this script's own run directory: always a fresh run
 
     def _budget() -> None:
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))

@@ -5,7 +5,8 @@ keeps the user's ``torch.utils.data.Dataset`` and only its labels in memory; a c
 mini-batches are still drawn from its ``(seed, round, client)`` stream as row lists, exactly as
 on the in-memory path, and a ``DataLoader`` with ``data.workers`` worker processes reads them
 (``batch_sampler`` = those row lists, ``prefetch_factor`` = ``data.prefetch``, pinned memory on
-CUDA). So the batches, the model and the resume behaviour are the same as in memory, and what a
+CUDA). The loader and its workers persist for the process: each client and round only hands it
+new row lists. So the batches, the model and the resume behaviour are the same as in memory, and what a
 rank holds at any time is the labels plus the loader's prefetched batches
 (``workers * prefetch`` batches), whatever the dataset's size.
 
@@ -64,8 +65,37 @@ class StreamData:
         return dataclasses.replace(self, y=y)
 
     def loader(self, row_lists: list[list[int]], pin_memory: bool) -> DataLoader:
-        return DataLoader(_Inputs(self.dataset), batch_sampler=row_lists, num_workers=self.workers,
-                          prefetch_factor=self.prefetch if self.workers else None, pin_memory=pin_memory)
+        """A loader that reads ``row_lists`` in order. With workers it is one loader per dataset and
+        process, kept with its worker processes from client to client and round to round (only the
+        batches it is to read change), so a client costs no worker start-up."""
+        if not self.workers:
+            return DataLoader(_Inputs(self.dataset), batch_sampler=row_lists, pin_memory=pin_memory)
+        key = (id(self.dataset), self.workers, self.prefetch, pin_memory)
+        if key not in _LOADERS:
+            rows = _Rows()
+            _LOADERS[key] = (DataLoader(_Inputs(self.dataset), batch_sampler=rows, num_workers=self.workers,
+                                        prefetch_factor=self.prefetch, pin_memory=pin_memory,
+                                        persistent_workers=True), rows, self.dataset)
+        loader, rows, _ = _LOADERS[key]
+        rows.batches = row_lists
+        return loader
+
+
+class _Rows:
+    """A batch sampler whose batches are set before each pass (the persistent loader's)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+# (dataset id, workers, prefetch, pinned) -> (loader, its batch sampler, the dataset, kept alive for the id)
+_LOADERS: dict[tuple, tuple[DataLoader, _Rows, Any]] = {}
 
 
 def batches(data: TensorData | StreamData, rows: Iterable[Rows], device: torch.device
