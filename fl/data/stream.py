@@ -18,6 +18,7 @@ dataset's own randomness depends on the loader's workers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Union
@@ -96,6 +97,16 @@ class _Rows:
 
 # (dataset id, workers, prefetch, pinned) -> (loader, its batch sampler, the dataset, kept alive for the id)
 _LOADERS: dict[tuple, tuple[DataLoader, _Rows, Any]] = {}
+
+
+@contextlib.contextmanager
+def stream_loaders() -> Iterator[None]:
+    """A job's lifetime for the persistent loaders: their worker processes end with the job, so a
+    process that runs several jobs (a notebook, a sweep) does not keep the workers of finished ones."""
+    try:
+        yield
+    finally:
+        _LOADERS.clear()  # dropping a loader shuts its workers down
 
 
 def batches(data: TensorData | StreamData, rows: Iterable[Rows], device: torch.device

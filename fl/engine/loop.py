@@ -23,6 +23,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import fl
 from fl.engine import checkpoint, evaluation, rundir
+from fl.data.stream import stream_loaders
 from fl.engine.server import server_step
 from fl.transport.plain import make_aggregator
 from fl.config.build import Federation, Job, build_adversary, build_augment, build_federation, build_flat_model, build_local_dp, \
@@ -62,7 +63,7 @@ def run(cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, init_method:
     setup_logging(env.rank, cfg.runtime.log_level)
     job = prepare(cfg, env.world_size, env.rank, env.local_rank)
     with process_group(env, job.device, job.backend, float(cfg.runtime.timeout_s), init_method), \
-            StopRequest() as stop:
+            StopRequest() as stop, stream_loaders():
         comm = Comm(env.rank, env.world_size, job.device, float(cfg.runtime.timeout_s))
         run_dir = agree_run_dir(comm, run_dir)
         existing: Existing = comm.broadcast_object(rundir.inspect(run_dir) if comm.is_main else None)
