@@ -79,9 +79,11 @@ class RoundResult:
     num_clients: int
     num_samples: int
     train_loss: float
-    comm_bytes: int
+    collective_bytes: int  # what entered the ranks' collectives (all-reduce, gather, broadcast)
     rejected: int = 0
     dropped: int = 0
     late: int = 0
     skipped: bool = False
+    uplink_bytes: int = 0    # the clients' messages, exactly as serialized (fl.compression.uplink)
+    downlink_bytes: int = 0  # what the round's clients received from the server (fl.compression.downlink)
     stop: bool = False  # some rank was asked to stop (SIGTERM): checkpoint and leave after this round

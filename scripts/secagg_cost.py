@@ -6,7 +6,7 @@ plain FedAvg, masking without recovery (``secagg.dropout=fail``), masking with r
 (``recover``, the default), and recovery with 10% of the cohort dropped, with ``--nproc`` gloo ranks
 under torchrun; the clients' updates are random vectors made before the clock starts, so
 local training, identical in both settings, is left out. Bytes are what each rank puts
-into the collectives, summed over ranks (as the ``comm_bytes`` metric counts them).
+into the collectives, summed over ranks (as the ``collective_bytes`` metric counts them).
 
     python scripts/secagg_cost.py [--nproc 2] [--repeats 3] [--dims 10000 100000 1000000] [--cohorts 10 50]
 
@@ -58,7 +58,7 @@ def one_round(mode: str, dim: int, cohort: list[int], comm, updates) -> tuple[fl
     for cid in hosted:
         agg.drop(cid) if cid in dropped else agg.add(updates[cid])
     result = agg.finish(torch.zeros(dim), 0)
-    return time.perf_counter() - t0, result.comm_bytes
+    return time.perf_counter() - t0, result.collective_bytes
 
 
 def worker(args: argparse.Namespace) -> None:

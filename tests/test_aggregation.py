@@ -79,7 +79,7 @@ def test_the_round_counters_are_one_record_encoded_as_a_tail():
 
     c = Counters(weight=12.0, loss_sum=torch.tensor(3.5), seen=7.0, clients=2.0, rejected=1.0, late=1.0)
     tail = c.encode("cpu")
-    assert tail.shape == (WIDTH,) and WIDTH == len(NAMES) == 9
+    assert tail.shape == (WIDTH,) and WIDTH == len(NAMES) == 10
     assert Counters.decode(tail) == c.replace(loss_sum=3.5)
     assert float(tail[Counters.index("rejected")]) == 1.0 and float(tail[Counters.index("late")]) == 1.0
     # tails add up: the sum of two encoded records decodes to the field-wise sum

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from fl.attacks import Adversary, NoAttack, malicious_clients
 from fl.training.cohort import home_rank
 from fl.runtime.comm import Comm
+from fl.compression.codecs import Codec, NoCompression, Quantize
 from fl.config.components import instantiate_component, locate
 from fl.data import component, datasets, folder, tabular
 from fl.data.augment import Augment
@@ -342,6 +343,29 @@ def check_secagg(cfg: DictConfig, strategy: Strategy, transport: str) -> None:
                     cfg.fl.round_deadline)
 
 
+def build_codec(cfg: DictConfig, direction: str) -> Codec:
+    """The ``compression/uplink`` or ``compression/downlink`` codec, checked when built."""
+    key = f"compression.{direction}"
+    node = OmegaConf.select(cfg, key)
+    if node is None:
+        return NoCompression(direction=direction)
+    codec = instantiate_component(key, node, direction=direction)
+    if not isinstance(codec, Codec):
+        raise ConfigError(f"{key}._target_", node.get("_target_"), "must name a fl.compression.codecs.Codec")
+    return codec
+
+
+def check_compression(cfg: DictConfig, transport: str) -> None:
+    """Compression checks that involve secure aggregation."""
+    up = build_codec(cfg, "uplink")
+    build_codec(cfg, "downlink")
+    if isinstance(build_secagg(cfg), Masking) and not isinstance(up, (NoCompression, Quantize)):
+        raise ConfigError("compression.uplink", option_name("compression/uplink", cfg.compression.uplink),
+                          f"cannot be combined with secagg={option_name('secagg', cfg.secagg)}: secure aggregation "
+                          f"adds masked integers, and {up.name} messages are not integers with a scale the cohort "
+                          "shares; use compression/uplink=quantize (or none), or secagg=none")
+
+
 def build_strategy(cfg: DictConfig) -> tuple[Strategy, str]:
     """The strategy object and the requested transport (``strategy.transport``)."""
     strategy = instantiate_component("strategy", cfg.strategy, skip=("transport",))
@@ -381,6 +405,7 @@ def prepare(cfg: DictConfig, world_size: int, rank: int = 0, local_rank: int = 0
     transport = choose_transport(requested, strategy)
     check_privacy(cfg, strategy, transport)  # the checks that involve two components
     check_secagg(cfg, strategy, transport)
+    check_compression(cfg, transport)
     make_optimizer = build_optimizer_factory(cfg)
     strategy.check(StrategyContext(int(cfg.fl.num_clients), int(cfg.fl.clients_per_round), make_optimizer,
                                    int(cfg.seed)))

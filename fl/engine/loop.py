@@ -6,6 +6,7 @@ the run directory. Every rank calls it; collectives happen in the same order on 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,8 +27,10 @@ from fl.engine import checkpoint, evaluation, rundir
 from fl.data.stream import stream_loaders
 from fl.engine.server import server_step
 from fl.transport.plain import make_aggregator
-from fl.config.build import Federation, Job, build_adversary, build_augment, build_federation, build_flat_model, build_local_dp, \
-    build_privacy, build_privacy_settings, build_secagg, check_trainable, prepare
+from fl.compression.downlink import Downlink
+from fl.compression.uplink import Uplink
+from fl.config.build import Federation, Job, build_adversary, build_augment, build_codec, build_federation, \
+    build_flat_model, build_local_dp, build_privacy, build_privacy_settings, build_secagg, check_trainable, prepare
 from fl.training.local import local_train
 from fl.training.store import ClientStore
 from fl.training.cohort import assign, client_epochs, drops_out, local_steps, sample_cohort, slowdown
@@ -167,6 +170,10 @@ class Rounds:
         self.local_dp = build_local_dp(cfg, strategy)
         self.accountant: LocalAccountant | None = None
         self.store = ClientStore(run_dir / "client_state", int(cfg.fl.checkpoint_every), int(cfg.fl.keep_checkpoints))
+        self.uplink_codec = build_codec(cfg, "uplink")
+        self.downlink = Downlink(build_codec(cfg, "downlink"), int(cfg.seed))
+        self.residuals = ClientStore(run_dir / "client_residuals", int(cfg.fl.checkpoint_every),
+                                     int(cfg.fl.keep_checkpoints)) if self.uplink_codec.keeps_residual else None
         self.resume = Resume(0)
         self.global_flat = fm.flat.detach().clone()
 
@@ -238,7 +245,8 @@ class Rounds:
     def _round_metrics(self, rnd: int, result: RoundResult) -> dict[str, float]:
         metrics = {"train_loss": result.train_loss, "clients": result.num_clients, "dropped": result.dropped,
                    "late": result.late, "rejected": result.rejected, "skipped": int(result.skipped),
-                   "comm_bytes": result.comm_bytes}
+                   "comm_bytes": result.uplink_bytes + result.downlink_bytes, "uplink_bytes": result.uplink_bytes,
+                   "downlink_bytes": result.downlink_bytes, "collective_bytes": result.collective_bytes}
         if self.privacy is not None:
             metrics["dp_epsilon"] = self.dp_settings.epsilon(int(self.cfg.fl.num_clients),  # type: ignore[union-attr]
                                                              int(self.cfg.fl.clients_per_round), rnd + 1)
@@ -254,15 +262,19 @@ class Rounds:
         cfg, comm = self.cfg, self.comm
         cohort = sample_cohort(cfg.seed, rnd, cfg.fl.num_clients, cfg.fl.clients_per_round)
         by_rank = assign(cohort, comm.world_size, self.fed.per_site)
+        received = self.downlink.received(global_flat)  # what clients train from
+        downlink_bytes = len(cohort) * self.downlink.bytes_per_client(len(global_flat))
+        uplink = Uplink(self.uplink_codec, int(cfg.seed), rnd, self.strategy.vector_dim(len(self.fm)), self.residuals)
         if isinstance(self.secagg, Masking):
             from fl.transport.secure_sum import SecureSumAggregator  # cryptography: only runs with secagg import it
 
             agg = SecureSumAggregator(self.strategy, comm, len(self.fm), self.device, cohort, by_rank[comm.rank], rnd,
                                       self.secagg.frac_bits, int(cfg.fl.min_clients_per_round), self.privacy,
-                                      self.secagg.dropout == "recover", float(self.secagg.threshold))
+                                      self.secagg.dropout == "recover", float(self.secagg.threshold), uplink)
         else:
             agg = make_aggregator(self.transport, self.strategy, comm, len(self.fm), self.device,
-                                  max(len(r) for r in by_rank), int(cfg.fl.min_clients_per_round), self.privacy)
+                                  max(len(r) for r in by_rank), int(cfg.fl.min_clients_per_round), self.privacy,
+                                  uplink, rnd)
         for cid, plan, fate in self._fates(rnd, by_rank[comm.rank]):
             if fate != "train":
                 agg.drop(cid, late=fate == "late")
@@ -270,12 +282,14 @@ class Rounds:
             shard = self.fed.shards[cid]
             task = ClientTask(cid, rnd, cfg.seed, plan, self.make_optimizer, self.store, self.local_dp, self.augment,
                               self.fed.spec.task)
-            update = self.strategy.client_update(self.fm, global_flat, self.attack.training_shard(cid, shard), task)
+            update = self.strategy.client_update(self.fm, received, self.attack.training_shard(cid, shard), task)
             agg.add(self.attack.poison(update, rnd))
             if self.accountant is not None:
                 self.accountant.record(cid, shard.num_train, _steps(shard.num_train, plan))
         combined = agg.combine(rnd, self.stop.requested)  # the transport: move and combine numbers
-        return server_step(self.strategy, self.privacy, int(cfg.fl.min_clients_per_round), rnd, global_flat, combined)
+        result = server_step(self.strategy, self.privacy, int(cfg.fl.min_clients_per_round), rnd, global_flat, combined)
+        self.downlink.send(rnd, result.new_global)
+        return dataclasses.replace(result, downlink_bytes=downlink_bytes)
 
     def _fates(self, rnd: int, hosted: list[int]) -> list[tuple[int, LocalTraining, str]]:
         """Each hosted client's local plan this round and whether it trains, drops out or is late."""
@@ -365,6 +379,7 @@ class Rounds:
             checkpoint.save(self.ckpt_dir, round_num, {
                 "round": round_num, "global": global_flat.detach().cpu(), "strategy": self.strategy.state_dict(),
                 "privacy": None if self.privacy is None else self.privacy.state_dict(),
+                "downlink": self.downlink.state_dict(),
                 "seed": int(self.cfg.seed), "fingerprint": fingerprint(self.cfg),
             }, int(self.cfg.fl.keep_checkpoints))
 
@@ -372,7 +387,7 @@ class Rounds:
         """Collective: the resume decision and the global weights, identical on every rank."""
         state = checkpoint.load_latest(self.ckpt_dir) if self.comm.is_main else None
         meta = self.comm.broadcast_object(None if state is None else
-                                          {k: state.get(k) for k in ("round", "strategy", "fingerprint", "privacy")})
+                                          {k: state.get(k) for k in ("round", "strategy", "fingerprint", "privacy", "downlink")})
         resume = decide(self.cfg, meta, existing)
         if state is not None and not resume.complete:
             log.info("resuming from %s (round %d)", state["file"], resume.start)
@@ -381,6 +396,7 @@ class Rounds:
             self.strategy.load_state_dict(meta["strategy"])
             if self.privacy is not None and meta["privacy"] is not None:
                 self.privacy.load_state_dict(meta["privacy"])
+            self.downlink.load_state_dict(meta.get("downlink"), self.device)
             if state is not None:
                 if state["global"].shape != global_flat.shape:
                     raise ConfigError("model", model_name(self.cfg.model), f"has {len(global_flat)} weights but the checkpoint "
@@ -407,6 +423,8 @@ def round_line(round_num: int, rounds: int, m: dict[str, float]) -> str:
     if "eval_s" in m:
         parts.append(f"eval_s={m['eval_s']:.2f}")
     parts.append(f"MB={m['comm_bytes'] / 1e6:.2f}")
+    if m.get("downlink_bytes") is not None:
+        parts.append(f"(up={m['uplink_bytes'] / 1e6:.2f} down={m['downlink_bytes'] / 1e6:.2f})")
     return " ".join(parts) + (" SKIPPED" if m.get("skipped") else "")
 
 

@@ -26,7 +26,12 @@ from fl.engine.rundir import Existing
 FINGERPRINT_KEYS = ("seed", "data", "partition", "model", "optim", "strategy", "train.batch_size",
                     "fl.num_clients", "fl.clients_per_round", "fl.local_epochs", "fl.local_epochs_max", "fl.local_steps",
                     "fl.holdout_fraction", "personalization", "attack", "fl.dropout_rate",
-                    "fl.client_slowdown_max", "fl.round_deadline", "fl.min_clients_per_round", "privacy", "secagg")
+                    "fl.client_slowdown_max", "fl.round_deadline", "fl.min_clients_per_round", "privacy", "secagg",
+                    "compression")
+
+# What a key added to the fingerprint meant in runs written before it existed.
+_BEFORE_IT_EXISTED = {"compression": {d: {"_target_": "fl.compression.codecs.NoCompression"}
+                                      for d in ("uplink", "downlink")}}
 
 _NOT_RESULT_AFFECTING = ("root", "download", "on_device")  # where data lives, not what it is
 
@@ -81,6 +86,7 @@ def decide(cfg: DictConfig, checkpoint: dict | None, existing: Existing) -> Resu
 
 
 def _same(now: dict, before: dict, written: str) -> None:
+    before = {**_BEFORE_IT_EXISTED, **before}
     changed = [k for k in FINGERPRINT_KEYS if before.get(k) != now[k]]
     if changed:
         key, new, old = _first_difference(changed[0], now[changed[0]], before.get(changed[0]))

@@ -43,4 +43,4 @@ def server_step(strategy: Strategy, privacy: DPFedAvg | None, min_clients: int, 
     return RoundResult(round_idx, new_global, clients, int(round(c.weight)),
                        c.loss_sum / c.seen if c.seen else float("nan"), combined.nbytes,
                        rejected=int(round(c.rejected)), dropped=int(round(c.dropped)), late=int(round(c.late)),
-                       skipped=skipped, stop=c.stop > 0)
+                       skipped=skipped, uplink_bytes=int(round(c.uplink_bytes)), stop=c.stop > 0)

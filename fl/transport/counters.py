@@ -24,7 +24,8 @@ class Counters:
     ``seen``: the training loss summed over the samples seen; ``clients``: updates aggregated;
     ``rejected``: non-finite (or unencodable) updates refused; ``dropped`` and ``late``: sampled
     clients that sent nothing; ``stop``: ranks asked to stop (SIGTERM, Ctrl-C), so every rank
-    stops after the same round; ``unclipped``: DP clients whose update was within the clip norm.
+    stops after the same round; ``unclipped``: DP clients whose update was within the clip norm;
+    ``uplink_bytes``: the exact bytes of the clients' messages (:mod:`fl.compression.uplink`).
     """
 
     weight: float | torch.Tensor = 0.0
@@ -36,6 +37,7 @@ class Counters:
     late: float | torch.Tensor = 0.0
     stop: float | torch.Tensor = 0.0
     unclipped: float | torch.Tensor = 0.0
+    uplink_bytes: float | torch.Tensor = 0.0
 
     @staticmethod
     def index(name: str) -> int:

@@ -26,10 +26,12 @@ import logging
 
 import torch
 
+from fl.compression.uplink import Uplink
 from fl.runtime.comm import Comm
 from fl.errors import ConfigError
 from fl.privacy.dp_fedavg import DPFedAvg
 from fl.strategies.base import Strategy
+from fl.strategies.norm_bound import clip_to_norm
 from fl.engine.server import Combined, server_step
 from fl.transport.counters import WIDTH, Counters
 from fl.types import ClientUpdate, RoundResult
@@ -56,22 +58,40 @@ def is_finite(update_vector: torch.Tensor) -> bool:
 
 
 class Aggregator:
-    """Collects this rank's updates for one round, then runs the transport's collective."""
+    """Collects this rank's updates for one round, then runs the transport's collective.
+
+    With uplink compression (``uplink``, :class:`fl.compression.uplink.Uplink`) each client's
+    vector is encoded as the client would send it and what the server decodes is aggregated;
+    codecs with a shared scale hold the vectors until :meth:`combine`, which reduces the scale
+    over the ranks first. The round's ``uplink_bytes`` counter sums the messages' exact bytes.
+    """
+
+    header_bytes = WIDTH * 4  # a message's counters (weight, loss, ...) as float32
 
     def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, min_clients: int = 1,
-                 privacy: DPFedAvg | None = None) -> None:
+                 privacy: DPFedAvg | None = None, uplink: Uplink | None = None, round_idx: int = 0) -> None:
         """``dim``: the flat model's length; client vectors have ``strategy.vector_dim(dim)``."""
         self.strategy, self.comm, self.dim, self.device = strategy, comm, dim, device
         self.vdim = strategy.vector_dim(dim)
         self.min_clients = max(1, min_clients)
         self.privacy = privacy
+        self.uplink = uplink or Uplink(None, 0, round_idx, self.vdim)
+        self.cdim = self.uplink.coded_dim
+        self.pending: list[tuple[int, torch.Tensor, Counters]] = []
 
     def add(self, update: ClientUpdate) -> None:
-        raise NotImplementedError
+        out = self._client_vector(update)
+        if out is None:
+            self._count(Counters(rejected=1.0))
+            return
+        v, counters = out
+        self.pending.append((update.client_id, self.uplink.prepare(update.client_id, v), counters))
+        if not self.uplink.codec.shared_scale:
+            self._send_pending(0.0)
 
     def drop(self, client_id: int, late: bool = False) -> None:
         """Client ``client_id`` was sampled but sends nothing (it failed, or missed the deadline)."""
-        raise NotImplementedError
+        self._count(Counters(late=1.0) if late else Counters(dropped=1.0))
 
     def combine(self, round_idx: int, stop: bool = False) -> Combined:
         """Collective: all ranks call it once per round, even with no clients of their own.
@@ -82,6 +102,26 @@ class Aggregator:
         """Collective: :meth:`combine`, then the server step (:func:`fl.engine.server.server_step`)."""
         return server_step(self.strategy, self.privacy, self.min_clients, round_idx, global_flat,
                            self.combine(round_idx, stop))
+
+    def _count(self, counters: Counters) -> None:
+        raise NotImplementedError
+
+    def _accept(self, x: torch.Tensor, counters: Counters) -> None:
+        """Add in one client's decoded vector (in the coded space) with its counters."""
+        raise NotImplementedError
+
+    def _flush(self) -> None:
+        """Collective when the codec shares a scale: encode the held vectors with the cohort's scale."""
+        if self.uplink.codec.shared_scale:
+            self._send_pending(self.uplink.scale(self.comm, [x for _, x, _ in self.pending]))
+
+    def _send_pending(self, scale: float) -> None:
+        for cid, x, counters in self.pending:
+            decoded, nbytes = self.uplink.send(cid, x, scale) if self.uplink.active else (x, 4 * len(x))
+            if self.privacy is not None and self.uplink.active:  # the server's clip: sensitivity stays C
+                decoded = clip_to_norm(decoded, self.privacy.clip_norm)
+            self._accept(decoded, counters.replace(uplink_bytes=float(nbytes + self.header_bytes)))
+        self.pending.clear()
 
     def _counters(self, update: ClientUpdate) -> Counters:
         return Counters(weight=self.strategy.client_weight(update), loss_sum=update.loss_sum,
@@ -106,31 +146,42 @@ class SumAggregator(Aggregator):
     cohort size (see :mod:`fl.privacy.dp_fedavg`)."""
 
     def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, min_clients: int = 1,
-                 privacy: DPFedAvg | None = None) -> None:
-        super().__init__(strategy, comm, dim, device, min_clients, privacy)
-        self.buf = torch.zeros(self.vdim + WIDTH, device=device)
+                 privacy: DPFedAvg | None = None, uplink: Uplink | None = None, round_idx: int = 0) -> None:
+        super().__init__(strategy, comm, dim, device, min_clients, privacy, uplink, round_idx)
+        # Compressed: float64, and quantized codes (without DP's per-client clip of the decoded vector)
+        # are summed as exact integers, so the sum does not depend on the order, nor on the world size.
+        self.dtype = torch.float64 if self.uplink.active else torch.float32
+        self.codes = self.uplink.codec.integer and privacy is None
+        self.scale = 0.0
+        self.buf = torch.zeros(self.cdim + WIDTH, device=device, dtype=self.dtype)
 
     def _count(self, counters: Counters) -> None:
-        self.buf[self.vdim:] += counters.encode(self.device)
+        self.buf[self.cdim:] += counters.encode(self.device, self.dtype)
 
-    def add(self, update: ClientUpdate) -> None:
-        out = self._client_vector(update)
-        if out is None:
-            self._count(Counters(rejected=1.0))
-            return
-        v, counters = out
-        self.buf[:self.vdim].add_(v, alpha=float(counters.weight))
+    def _accept(self, x: torch.Tensor, counters: Counters) -> None:
+        self.buf[:self.cdim].add_(x.to(self.dtype), alpha=float(counters.weight))
         self._count(counters)
 
-    def drop(self, client_id: int, late: bool = False) -> None:
-        self._count(Counters(late=1.0) if late else Counters(dropped=1.0))
+    def _send_pending(self, scale: float) -> None:
+        if not self.codes:
+            return super()._send_pending(scale)
+        self.scale = scale
+        codec = self.uplink.codec
+        for cid, x, counters in self.pending:
+            enc = codec.encode(x, self.uplink.key(cid), scale)
+            self._accept(enc.parts["codes"], counters.replace(uplink_bytes=float(enc.nbytes + self.header_bytes)))
+        self.pending.clear()
 
     def combine(self, round_idx: int, stop: bool = False) -> Combined:
+        self._flush()
         self._count(Counters(stop=float(stop)))
         total = self.comm.all_reduce_sum(self.buf)
         nbytes = total.numel() * total.element_size() * self.comm.world_size
-        counters = Counters.decode(total[self.vdim:])
-        aggregate, fraction = total[:self.vdim], None
+        counters = Counters.decode(total[self.cdim:])
+        summed = total[:self.cdim]
+        if self.codes:  # the weighted sum of decoded vectors, from the weighted sum of codes
+            summed = self.uplink.codec.dequantize(summed, counters.weight, self.scale)  # type: ignore[attr-defined]
+        aggregate, fraction = self.uplink.back(summed).to(torch.float32), None
         if self.privacy is not None:
             aggregate, fraction = self.privacy.noised_sum(aggregate, counters.unclipped, round_idx)
         elif counters.weight > 0:
@@ -146,22 +197,33 @@ class GatherAggregator(Aggregator):
     """
 
     def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, rows_per_rank: int,
-                 min_clients: int = 1) -> None:
-        super().__init__(strategy, comm, dim, device, min_clients)
+                 min_clients: int = 1, uplink: Uplink | None = None, round_idx: int = 0) -> None:
+        super().__init__(strategy, comm, dim, device, min_clients, None, uplink, round_idx)
         self.rows = torch.zeros(rows_per_rank, self.vdim + WIDTH, device=device)
         self.used = 0
 
     def add(self, update: ClientUpdate) -> None:
+        v = self.strategy.client_vector(update)
+        if is_finite(v):  # a non-finite row goes as it is: rank 0 rejects it
+            self.pending.append((update.client_id, self.uplink.prepare(update.client_id, v), self._counters(update)))
+            if not self.uplink.codec.shared_scale:
+                self._send_pending(0.0)
+            return
+        self._accept(v, self._counters(update).replace(uplink_bytes=float(4 * len(v) + self.header_bytes)))
+
+    def _accept(self, x: torch.Tensor, counters: Counters) -> None:
+        """Rank 0 gets every individual update, decoded (robust aggregators need them one by one)."""
         row = self.rows[self.used]
-        row[:self.vdim] = self.strategy.client_vector(update)
-        row[self.vdim:] = self._counters(update).encode(self.device)
+        row[:self.vdim] = self.uplink.back(x) if is_finite(x) else x
+        row[self.vdim:] = counters.encode(self.device)
         self.used += 1
 
-    def drop(self, client_id: int, late: bool = False) -> None:
-        self.rows[self.used, self.vdim:] = (Counters(late=1.0) if late else Counters(dropped=1.0)).encode(self.device)
+    def _count(self, counters: Counters) -> None:
+        self.rows[self.used, self.vdim:] = counters.encode(self.device)
         self.used += 1
 
     def combine(self, round_idx: int, stop: bool = False) -> Combined:
+        self._flush()
         self.rows[0, self.vdim + Counters.index("stop")] = float(stop)
         gathered = self.comm.gather_rows(self.rows)
         # Rank 0 aggregates; the *aggregate* is broadcast and every rank applies server_update,
@@ -186,7 +248,7 @@ class GatherAggregator(Aggregator):
         rejected = int((present & ~finite).sum())
         counters = Counters.decode(good[:, self.vdim:].sum(0)).replace(
             rejected=float(rejected), dropped=float(column("dropped").sum()), late=float(column("late").sum()),
-            stop=float(column("stop").sum()))
+            stop=float(column("stop").sum()), uplink_bytes=float(column("uplink_bytes").sum()))
         if rejected:
             log.warning("%d non-finite client update(s) rejected", rejected)
         if len(good) >= self.min_clients:
@@ -195,7 +257,8 @@ class GatherAggregator(Aggregator):
 
 
 def make_aggregator(transport: str, strategy: Strategy, comm: Comm, dim: int, device: torch.device,
-                    rows_per_rank: int, min_clients: int = 1, privacy: DPFedAvg | None = None) -> Aggregator:
+                    rows_per_rank: int, min_clients: int = 1, privacy: DPFedAvg | None = None,
+                    uplink: Uplink | None = None, round_idx: int = 0) -> Aggregator:
     if transport == "allreduce":
-        return SumAggregator(strategy, comm, dim, device, min_clients, privacy)
-    return GatherAggregator(strategy, comm, dim, device, rows_per_rank, min_clients)
+        return SumAggregator(strategy, comm, dim, device, min_clients, privacy, uplink, round_idx)
+    return GatherAggregator(strategy, comm, dim, device, rows_per_rank, min_clients, uplink, round_idx)

@@ -8,7 +8,9 @@ A round, as this transport runs it (Bonawitz et al. 2017, semi-honest setting):
    t-of-n with Shamir's scheme and sends share j, sealed with AES-GCM under a key agreed with
    cohort member j, through one all-gather. Ranks see only ciphertexts.
 3. *Masked input*: each client that finishes encodes ``[w * v, its tail]`` in fixed point
-   (:class:`fl.secagg.masking.FixedPoint`), adds its pairwise masks with every other client of the
+   (:class:`fl.secagg.masking.FixedPoint`), or, with ``compression/uplink=quantize``, its
+   stochastic codes times ``w`` as integers (a scale shared by the cohort; the ring's sum of codes
+   needs only ``log2(n w_max (2^bits - 1))`` bits per entry instead of 48), adds its pairwise masks with every other client of the
    round, including clients on the same rank (the guarantee is per client, not per rank),
    and, with ``recover``, its self mask. The hosting rank adds its clients' masked inputs.
 4. *Sum*: one all-reduce of that int64 buffer, modulo 2^48. Beside the masked part travels a
@@ -30,6 +32,7 @@ shares and the clear counters.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 
 import torch
@@ -39,7 +42,9 @@ from fl.transport.counters import WIDTH, Counters
 from fl.transport.plain import Aggregator
 from fl.runtime.comm import Comm
 from fl.privacy.dp_fedavg import DPFedAvg
-from fl.secagg.masking import ClientKeys, FixedPoint, combine, ring, seal, self_mask, split, unseal
+from fl.compression.codecs import Quantize
+from fl.compression.uplink import Uplink
+from fl.secagg.masking import RING_BITS, ClientKeys, FixedPoint, combine, ring, seal, self_mask, split, unseal
 from fl.strategies.base import Strategy
 from fl.types import ClientUpdate
 
@@ -53,8 +58,11 @@ class SecureSumAggregator(Aggregator):
 
     def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, cohort: list[int],
                  hosted: list[int], round_idx: int, frac_bits: int, min_clients: int = 1,
-                 privacy: DPFedAvg | None = None, recover: bool = False, threshold: float = 0.5) -> None:
-        super().__init__(strategy, comm, dim, device, min_clients, privacy)
+                 privacy: DPFedAvg | None = None, recover: bool = False, threshold: float = 0.5,
+                 uplink: Uplink | None = None) -> None:
+        super().__init__(strategy, comm, dim, device, min_clients, privacy, uplink, round_idx)
+        if self.uplink.active and not isinstance(self.uplink.codec, Quantize):
+            raise ValueError(f"secure aggregation sums quantized integers or fixed point, not {self.uplink.codec.name}")
         self.fixed, self.round_idx, self.recover = FixedPoint(frac_bits), round_idx, recover
         self.cohort, self.hosted = sorted(cohort), hosted
         self.slot = {cid: i for i, cid in enumerate(self.cohort)}
@@ -72,7 +80,8 @@ class SecureSumAggregator(Aggregator):
         self.inbox: dict[tuple[int, int], bytes] = {}
         if recover:
             self._share_keys()
-        self.length = self.vdim + WIDTH  # the masked part: weighted vector and the clients' counters
+        self.length = self.cdim + WIDTH  # the masked part: weighted vector (or codes) and the clients' counters
+        self.code_bits = 0  # quantized: the ring bits the round's code sums need (set in combine)
         # Clear part: the rank's counters (rejected, dropped, late, stop) and one "sent" flag per client.
         self.buf = torch.zeros(self.length + WIDTH + len(self.cohort), dtype=torch.int64)
 
@@ -101,11 +110,17 @@ class SecureSumAggregator(Aggregator):
             self._count(Counters(rejected=1))
             return
         v, counters = out
+        noise = None
         if self.privacy is not None:
             noise, count_noise = self.privacy.noise_share(self.vdim, self.round_idx, update.client_id)
             counters = counters.replace(unclipped=float(counters.unclipped) + count_noise)
+        if self.uplink.active:  # clip -> noise share -> rotate -> quantize (in combine) -> mask
+            if noise is not None:
+                v = (v.double() + noise.to(v.device)).float()
+            self.pending.append((update.client_id, self.uplink.prepare(update.client_id, v), counters))
+            return
         x = torch.cat([v.double() * float(counters.weight), counters.encode(v.device, torch.float64)]).cpu()
-        if self.privacy is not None:
+        if noise is not None:
             x[:self.vdim] += noise
         largest = float(x.abs().max())
         if largest * len(self.cohort) >= self.fixed.limit:
@@ -114,17 +129,43 @@ class SecureSumAggregator(Aggregator):
                         len(self.cohort), self.fixed.limit / len(self.cohort))
             self._count(Counters(rejected=1))
             return
-        cid = update.client_id
-        masked = self.fixed.encode(x).add_(self.keys[cid].mask(cid, self.publics, self.round_idx, self.length))
+        self._mask(update.client_id, self.fixed.encode(x), RING_BITS)
+
+    def _mask(self, cid: int, encoded: torch.Tensor, bits: int) -> None:
+        """Mask client ``cid``'s ring vector and add it in; its message is ``bits`` per entry of
+        the vector part (the counters always take the full ring)."""
+        masked = encoded.add_(self.keys[cid].mask(cid, self.publics, self.round_idx, self.length))
         if self.recover:
             masked.add_(self_mask(self.seeds[cid], self.round_idx, self.length))
         ring(self.buf[:self.length].add_(ring(masked)))
         self.buf[self.length + WIDTH + self.slot[cid]] = 1
+        self._count(Counters(uplink_bytes=-(-self.cdim * bits // 8) + WIDTH * RING_BITS // 8))
+
+    def _send_quantized(self) -> None:
+        """Collective: the cohort's scale and largest weight; each held client's codes, times its
+        weight, masked. The ring needs only ``code_bits`` bits for the sum of the codes: the sum
+        modulo 2^48 taken modulo 2^code_bits is the same exact integer, so a message of
+        ``code_bits`` per entry would do, and is what is counted."""
+        codec = self.uplink.codec
+        assert isinstance(codec, Quantize)
+        self.scale = self.uplink.scale(self.comm, [x for _, x, _ in self.pending])
+        weight = self.comm.all_reduce_max(max((float(c.weight) for _, _, c in self.pending), default=0.0))
+        self.code_bits = max(1, math.ceil(math.log2(len(self.cohort) * max(weight, 1.0) * codec.levels + 1)))
+        for cid, x, counters in self.pending:
+            w = float(counters.weight)
+            if w != round(w):
+                raise ValueError(f"secure aggregation of quantized updates needs integer weights, got {w}")
+            codes = codec.codes(x, self.uplink.key(cid), self.scale).double().mul_(w).round_().long().cpu()
+            tail = self.fixed.encode(counters.encode("cpu", torch.float64))
+            self._mask(cid, torch.cat([codes, tail]), self.code_bits)
+        self.pending.clear()
 
     def drop(self, client_id: int, late: bool = False) -> None:
         self._count(Counters(late=1) if late else Counters(dropped=1))
 
     def combine(self, round_idx: int, stop: bool = False) -> Combined:
+        if self.uplink.active:
+            self._send_quantized()
         self._count(Counters(stop=int(stop)))
         total = self.comm.all_reduce_sum(self.buf.to(self.device)).cpu()
         nbytes = total.numel() * total.element_size() * self.comm.world_size + self.protocol_bytes
@@ -148,13 +189,18 @@ class SecureSumAggregator(Aggregator):
                 masked_sum = masked_sum - self._unmask(survivors, missing)
                 nbytes += self.reveal_bytes
             out = self.fixed.decode(ring(masked_sum))
-            aggregate, masked = out[:self.vdim], Counters.decode(out[self.vdim:])
+            aggregate, masked = out[:self.cdim], Counters.decode(out[self.cdim:])
+            if self.uplink.active:  # exact integer sums of weighted codes, modulo 2^code_bits
+                codes = ring(masked_sum)[:self.cdim].bitwise_and((1 << self.code_bits) - 1)
+                aggregate = self.uplink.back(self.uplink.codec.dequantize(codes.double(), masked.weight, self.scale))
+                aggregate = aggregate.double()
             if self.privacy is not None:
                 fraction = float(masked.unclipped) / self.privacy.expected_clients
                 aggregate = aggregate / self.privacy.expected_clients
             elif masked.weight > 0:
                 aggregate = aggregate / masked.weight
-        counters = masked.replace(rejected=clear.rejected, dropped=clear.dropped, late=clear.late, stop=clear.stop)
+        counters = masked.replace(rejected=clear.rejected, dropped=clear.dropped, late=clear.late, stop=clear.stop,
+                                  uplink_bytes=clear.uplink_bytes)
         return Combined(aggregate.to(device=self.device, dtype=torch.float32), counters, nbytes, failed=failed,
                         unclipped_fraction=fraction)
 

@@ -1,0 +1,72 @@
+"""The client side of compression: what a hosting rank does to each client's vector before it
+is added in (all-reduce), put in a row (gather) or masked (secure aggregation).
+
+For a client ``c`` of round ``r`` with update ``v`` (clipped first under DP):
+
+1. error feedback (codecs that keep a residual): ``u = v + e_c``, ``e_c`` what ``c`` did not send
+   the last time it was sampled (zero at first);
+2. into the coded space (the rotation, when the codec rotates);
+3. encode, with the cohort's shared scale when the codec needs one (one max-reduction over the
+   ranks, so a rank holds its clients' vectors until every client of the round has trained);
+4. what the server decodes is what is aggregated; ``e_c <- u - decoded`` is saved for ``c`` in
+   a :class:`~fl.training.store.ClientStore` of its own, which is crash-consistent: a resumed
+   round reads the residuals written before it, so resuming stays exact.
+
+The message's exact byte count (:attr:`fl.compression.codecs.Encoded.nbytes`) plus the
+counters' header is what the client sends; the round's ``uplink_bytes`` sums it over clients.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fl.compression.codecs import Codec, Key, NoCompression
+from fl.runtime.comm import Comm
+from fl.training.store import ClientStore
+
+
+class Uplink:
+    """Compression of one round's client vectors (``dim`` entries each) on one rank."""
+
+    def __init__(self, codec: Codec | None, seed: int, round_idx: int, dim: int, residuals: ClientStore | None = None,
+                 device: torch.device | str = "cpu") -> None:
+        self.codec = codec or NoCompression()
+        self.seed, self.round_idx, self.dim, self.device = int(seed), int(round_idx), int(dim), device
+        self.residuals = residuals
+        self.coded_dim = self.codec.coded_dim(self.dim)
+        self.unsent: dict[int, torch.Tensor] = {}
+
+    @property
+    def active(self) -> bool:
+        return not isinstance(self.codec, NoCompression)
+
+    def key(self, cid: int) -> Key:
+        return Key(self.seed, self.round_idx, cid)
+
+    def prepare(self, cid: int, v: torch.Tensor) -> torch.Tensor:
+        """Steps 1-2: ``v`` plus the client's residual, in the coded space."""
+        if self.codec.keeps_residual and self.residuals is not None:
+            state = self.residuals.load(cid, self.round_idx, v.device)
+            if state is not None:
+                v = v + state["residual"].to(v)
+            self.unsent[cid] = v
+        return self.codec.forward(v, self.key(cid))
+
+    def scale(self, comm: Comm, vectors: list[torch.Tensor]) -> float:
+        """Collective (codecs with a shared scale): the largest entry over the round's cohort."""
+        local = max((float(x.abs().max()) for x in vectors), default=0.0)
+        return comm.all_reduce_max(local)
+
+    def send(self, cid: int, x: torch.Tensor, scale: float = 0.0) -> tuple[torch.Tensor, int]:
+        """Steps 3-4: the decoded vector (coded space) and the message's bytes."""
+        key = self.key(cid)
+        enc = self.codec.encode(x, key, scale)
+        decoded = self.codec.decode(enc, key).to(x)
+        if cid in self.unsent and self.residuals is not None:
+            u = self.unsent.pop(cid)
+            self.residuals.save(cid, self.round_idx, {"residual": u - self.codec.backward(decoded, self.dim, key)})
+        return decoded, enc.nbytes
+
+    def back(self, x: torch.Tensor) -> torch.Tensor:
+        """Out of the coded space (a decoded vector or a sum of them: the rotation is linear)."""
+        return self.codec.backward(x, self.dim, Key(self.seed, self.round_idx))

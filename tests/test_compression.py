@@ -1,0 +1,208 @@
+"""Compression: the codecs' maths, honest byte counts, error feedback, and the codecs riding the
+real transports (all-reduce, gather, secure aggregation) and the round loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import fork_ranks, make_cfg, run_job
+from fl.compression import hadamard
+from fl.compression.codecs import Cast, Key, NoCompression, Quantize, RandK, TopK
+from fl.compression.uplink import Uplink
+from fl.config.build import prepare
+from fl.errors import ConfigError
+from fl.runtime.comm import Comm
+from fl.strategies import FedAvg
+from fl.training.store import ClientStore
+from fl.transport.plain import GatherAggregator, SumAggregator
+from fl.transport.secure_sum import SecureSumAggregator
+from fl.types import ClientUpdate
+
+CPU = torch.device("cpu")
+CODECS = [NoCompression(), Cast("float16"), Cast("bfloat16"), Quantize(1), Quantize(3), Quantize(8),
+          Quantize(4, rotate=True), TopK(0.01), TopK(0.2), RandK(0.1)]
+
+
+def _vector(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed))
+
+
+def test_stochastic_quantization_is_unbiased_with_the_formula_variance():
+    q, x, scale = Quantize(2), torch.linspace(-0.9, 0.9, 37), 1.0
+    draws = torch.stack([q.decode(q.encode(x, Key(0, r, 3), scale), Key(0, r, 3)) for r in range(4000)])
+    step = q.step(scale)
+    p = ((x + scale) / step) % 1
+    variance = step ** 2 * p * (1 - p)
+    # the mean of 4000 draws is within 5 standard errors of x, entry by entry
+    assert ((draws.mean(0) - x).abs() <= 5 * (variance / 4000).sqrt() + 1e-6).all()
+    assert float(draws.var(0).sum()) == pytest.approx(float(variance.sum()), rel=0.05)
+    torch.testing.assert_close(draws.var(0), variance, rtol=0.35, atol=1e-3)  # entries with p near 0 are noisy
+    torch.testing.assert_close(draws.unique(), torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0]))  # 2 bits: 4 levels
+    # deterministic rounding would be biased: the check can fail
+    biased = (((x + scale) / step).round() * step - scale)
+    assert not ((biased - x).abs() <= 5 * (variance / 4000).sqrt() + 1e-6).all()
+
+
+def test_the_rotation_is_orthonormal_and_its_own_inverse_and_spreads_an_outlier():
+    v = torch.zeros(5000)
+    v[17] = 10.0
+    x = hadamard.rotate(v, seed=1, round_idx=2)
+    assert len(x) == hadamard.padded_dim(5000) == 8192
+    assert float(x.norm()) == pytest.approx(10.0, rel=1e-5)
+    assert float(x.abs().max()) < 0.2, "one outlier spread over its block"
+    torch.testing.assert_close(hadamard.unrotate(x, 5000, 1, 2), v, atol=1e-5, rtol=0)
+    assert not torch.equal(hadamard.rotate(v, 1, 3), x), "a new rotation each round"
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.name)
+@pytest.mark.parametrize("n", [1, 33, 1000, 4099])
+def test_counted_bytes_equal_the_serialized_message(codec, n):
+    v = _vector(n)
+    x = codec.forward(v, Key(0, 0, 1))
+    enc = codec.encode(x, Key(0, 0, 1), float(x.abs().max()))
+    assert enc.nbytes == len(codec.serialize(enc))
+
+
+def test_compression_ratios_are_what_the_formats_say():
+    n = 100_000
+    v = _vector(n)
+    sizes = {c.name: c.encode(c.forward(v, Key(0, 0, 0)), Key(0, 0, 0), 1.0).nbytes for c in CODECS}
+    assert sizes["none"] == 4 * n and sizes["fp16"] == sizes["bf16"] == 2 * n
+    assert sizes["1bit"] == n // 8 + 4 and sizes["8bit"] == n + 4
+    assert sizes["4bit+rotation"] == hadamard.padded_dim(n) // 2 + 4
+    assert sizes["top-0.01+EF"] == 4 + 8 * 1000, "1%: values plus int32 indices"
+    assert sizes["top-0.2+EF"] == 4 + 4 * 20_000 + n // 8, "20%: a bitmap is shorter than indices"
+    assert sizes["rand-0.1"] == 4 * 10_000, "the round's seed names the coordinates"
+
+
+def test_top_k_keeps_the_largest_entries_and_random_k_is_unbiased():
+    v = _vector(1000)
+    top = TopK(0.05)
+    sent = top.decode(top.encode(v, Key(0, 0, 0)), Key(0, 0, 0))
+    kept = sent != 0
+    assert int(kept.sum()) == 50 and float(v[kept].abs().min()) >= float(v[~kept].abs().max())
+    rk = RandK(0.1)
+    mean = torch.stack([rk.decode(rk.encode(v, Key(0, r)), Key(0, r)) for r in range(3000)]).mean(0)
+    assert float((mean - v).abs().mean()) < 0.15 * float(v.abs().mean())
+    same_round = [rk.decode(rk.encode(_vector(1000, s), Key(0, 7, s)), Key(0, 7, s)) != 0 for s in (1, 2)]
+    assert torch.equal(same_round[0], same_round[1]), "every client of a round keeps the same coordinates"
+
+
+def test_error_feedback_sent_plus_residual_is_the_sum_of_raw_updates(tmp_path):
+    store = ClientStore(tmp_path / "res", checkpoint_every=1, keep_checkpoints=10)
+    raw_sum, sent_sum = torch.zeros(500), torch.zeros(500)
+    for rnd in range(6):
+        up = Uplink(TopK(0.02), seed=0, round_idx=rnd, dim=500, residuals=store)
+        v = _vector(500, rnd)
+        decoded, _ = up.send(4, up.prepare(4, v))
+        raw_sum += v
+        sent_sum += decoded
+        residual = store.load(4, rnd + 1, CPU)["residual"]
+        torch.testing.assert_close(sent_sum + residual, raw_sum, atol=1e-5, rtol=0)
+    assert float(residual.norm()) > 0, "top-2% leaves something unsent"
+    no_ef = Uplink(TopK(0.02, error_feedback=False), seed=0, round_idx=0, dim=500, residuals=None)
+    assert not no_ef.codec.keeps_residual
+
+
+def _update(cid: int, dim: int) -> ClientUpdate:
+    return ClientUpdate(cid, _vector(dim, cid) * 0.1, 10 + 7 * cid, torch.tensor(2.0 * cid), 10 + 7 * cid, 3)
+
+
+def test_quantized_sum_equals_the_weighted_mean_of_individually_decoded_vectors():
+    dim, cohort, q = 700, [0, 1, 2, 3], Quantize(3, rotate=True)
+    agg = SumAggregator(FedAvg(), Comm(0, 1, CPU), dim, CPU, uplink=Uplink(q, 5, 2, dim))
+    for cid in cohort:
+        agg.add(_update(cid, dim))
+    got = agg.combine(2).aggregate
+    xs = {cid: q.forward(_update(cid, dim).delta, Key(5, 2, cid)) for cid in cohort}
+    scale = max(float(x.abs().max()) for x in xs.values())
+    weights = {cid: 10 + 7 * cid for cid in cohort}
+    decoded = {cid: q.backward(q.decode(q.encode(x, Key(5, 2, cid), scale), Key(5, 2, cid)), dim, Key(5, 2))
+               for cid, x in xs.items()}
+    want = sum(weights[c] * decoded[c] for c in cohort) / sum(weights.values())
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    exact = sum(weights[c] * _update(c, dim).delta for c in cohort) / sum(weights.values())
+    assert float((got - exact).abs().max()) > 1e-4, "3 bits are lossy: the check can fail"
+
+
+def test_gather_gives_robust_aggregators_the_decoded_individual_updates():
+    dim, q = 300, Quantize(4)
+    gather = GatherAggregator(FedAvg(), Comm(0, 1, CPU), dim, CPU, rows_per_rank=3, uplink=Uplink(q, 0, 0, dim))
+    plain = SumAggregator(FedAvg(), Comm(0, 1, CPU), dim, CPU, uplink=Uplink(q, 0, 0, dim))
+    for cid in range(3):
+        gather.add(_update(cid, dim))
+        plain.add(_update(cid, dim))
+    rows = gather.rows[:, :dim]
+    assert not torch.equal(rows[0], _update(0, dim).delta), "rows hold what the server decoded"
+    torch.testing.assert_close(gather.combine(0).aggregate, plain.combine(0).aggregate, atol=1e-6, rtol=0)
+
+
+def test_quantized_secure_aggregation_equals_quantized_plain_aggregation():
+    dim, cohort, q = 500, [0, 1, 2, 3, 4], Quantize(4, rotate=True)
+    plain = SumAggregator(FedAvg(), Comm(0, 1, CPU), dim, CPU, uplink=Uplink(q, 3, 1, dim))
+    secure = SecureSumAggregator(FedAvg(), Comm(0, 1, CPU), dim, CPU, cohort, cohort, 1, frac_bits=20,
+                                 uplink=Uplink(q, 3, 1, dim))
+    for cid in cohort:
+        plain.add(_update(cid, dim))
+        secure.add(_update(cid, dim))
+    a, b = plain.combine(1), secure.combine(1)
+    torch.testing.assert_close(b.aggregate, a.aggregate, atol=1e-6, rtol=0)
+    # 4-bit codes times weights <= 38 for 5 clients need 12 ring bits per entry, not 48
+    assert secure.code_bits == math.ceil(math.log2(5 * 38 * 15 + 1)) == 12
+    assert b.counters.uplink_bytes == 5 * (-(-hadamard.padded_dim(dim) * 12 // 8) + 10 * 6)
+    assert a.counters.uplink_bytes == 5 * (hadamard.padded_dim(dim) // 2 + 4 + 40)
+
+
+def test_compressors_that_are_not_sums_are_refused_with_secure_aggregation():
+    with pytest.raises(ConfigError, match=r"compression.uplink='topk' is invalid: cannot be combined with "
+                                          r"secagg=masking"):
+        prepare(make_cfg("secagg=masking", "compression/uplink=topk"), 1)
+    prepare(make_cfg("secagg=masking", "compression/uplink=quantize"), 1)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("compression.uplink.bits=9", r"compression.uplink.bits=9 is invalid: must be an integer from 1 to 8"),
+    ("compression.uplink.fraction=0", r"compression.uplink.fraction=0 is invalid: must be a number in \(0, 1\]"),
+])
+def test_bad_codec_settings_are_one_error_naming_the_key(override, message):
+    group = "quantize" if "bits" in override else "topk"
+    with pytest.raises(ConfigError, match=message):
+        prepare(make_cfg(f"compression/uplink={group}", override), 1)
+    with pytest.raises(ConfigError, match=r"compression.downlink._target_='randk' is invalid: is an uplink codec"):
+        prepare(make_cfg("+compression.downlink.fraction=0.1",
+                         "compression.downlink._target_=fl.compression.codecs.RandK"), 1)
+
+
+SMALL = ("data=digits", "model=cnn_padded", "partition=dirichlet", "fl.num_clients=10", "fl.clients_per_round=5",
+         "train.batch_size=16", "optim.lr=0.1", "fl.local_epochs=2", "fl.eval_every=1")
+
+
+def _final(tmp_path, name, world_size, *overrides):
+    run_dir = tmp_path / name
+    summaries = fork_ranks(world_size, run_job, tmp_path, make_cfg(*SMALL, *overrides), run_dir)
+    return torch.load(run_dir / "final_model.pt", weights_only=True), summaries[0], run_dir
+
+
+@pytest.mark.parametrize("codec, accuracy", [
+    (("compression/uplink=topk", "compression.uplink.fraction=0.05", "compression/downlink=quantize",
+      "compression.downlink.bits=6"), 0.15),  # uncompressed: 0.41 after these 4 rounds; top-5% learns slower
+    (("compression/uplink=quantize", "compression.uplink.rotate=true"), 0.35)], ids=["topk-ef+q6-down", "4bit-rotation"])
+def test_compressed_runs_are_world_size_invariant_and_resume_exactly(tmp_path, codec, accuracy):
+    ref, summary, run_dir = _final(tmp_path, "ws1", 1, "fl.rounds=4", "fl.checkpoint_every=0", *codec)
+    for ws in (2, 4):
+        model, _, _ = _final(tmp_path, f"ws{ws}", ws, "fl.rounds=4", "fl.checkpoint_every=0", *codec)
+        for k in ref:
+            torch.testing.assert_close(model[k], ref[k], rtol=0, atol=1e-5, msg=f"world size {ws}: {k}")
+    full, _, _ = _final(tmp_path, "full", 2, "fl.rounds=4", "fl.checkpoint_every=2", *codec)
+    _final(tmp_path, "resumed", 2, "fl.rounds=2", "fl.checkpoint_every=2", *codec)
+    resumed, second, _ = _final(tmp_path, "resumed", 2, "fl.rounds=4", "fl.checkpoint_every=2", *codec)
+    assert second["resumed_from_round"] == 2
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), f"{k}: resumed with the codec's state must equal uninterrupted"
+    final = summary["final"]
+    dense = 4 * 5 * sum(v.numel() for v in ref.values())
+    assert final["uplink_bytes"] < dense / 4 and final["comm_bytes"] == final["uplink_bytes"] + final["downlink_bytes"]
+    assert final["test_accuracy"] > accuracy, "a compressed run still learns (chance: 0.1)"
