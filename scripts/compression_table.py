@@ -61,8 +61,21 @@ def run_row(name: str, overrides: list[str], out: Path) -> Path:
     return run_dir
 
 
+TAGS = {"comm/uplink_bytes": "uplink_bytes", "comm/downlink_bytes": "downlink_bytes", "time/round_s": "round_s",
+        "test/accuracy": "test_accuracy"}
+
+
 def read(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """One record per round from the run's TensorBoard file (metrics.jsonl has evaluated rounds only)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    rows: dict[int, dict] = {}
+    for tag, key in TAGS.items():
+        for e in events.Scalars(tag) if tag in events.Tags()["scalars"] else []:
+            rows.setdefault(e.step, {"round": e.step})[key] = e.value
+    return [rows[r] for r in sorted(rows)]
 
 
 def summarize(records: list[dict]) -> dict:

@@ -50,9 +50,9 @@ def test_the_rotation_is_orthonormal_and_its_own_inverse_and_spreads_an_outlier(
     v = torch.zeros(5000)
     v[17] = 10.0
     x = hadamard.rotate(v, seed=1, round_idx=2)
-    assert len(x) == hadamard.padded_dim(5000) == 8192
+    assert len(x) == 5000 and hadamard.blocks(5000) == [4096, 512, 256, 128, 8], "no padding"
     assert float(x.norm()) == pytest.approx(10.0, rel=1e-5)
-    assert float(x.abs().max()) < 0.2, "one outlier spread over its block"
+    assert float(x.abs().max()) == pytest.approx(10 / 64, rel=1e-5), "one outlier spread over its 4096-block"
     torch.testing.assert_close(hadamard.unrotate(x, 5000, 1, 2), v, atol=1e-5, rtol=0)
     assert not torch.equal(hadamard.rotate(v, 1, 3), x), "a new rotation each round"
 
@@ -72,7 +72,7 @@ def test_compression_ratios_are_what_the_formats_say():
     sizes = {c.name: c.encode(c.forward(v, Key(0, 0, 0)), Key(0, 0, 0), 1.0).nbytes for c in CODECS}
     assert sizes["none"] == 4 * n and sizes["fp16"] == sizes["bf16"] == 2 * n
     assert sizes["1bit"] == n // 8 + 4 and sizes["8bit"] == n + 4
-    assert sizes["4bit+rotation"] == hadamard.padded_dim(n) // 2 + 4
+    assert sizes["4bit+rotation"] == n // 2 + 4
     assert sizes["top-0.01+EF"] == 4 + 8 * 1000, "1%: values plus int32 indices"
     assert sizes["top-0.2+EF"] == 4 + 4 * 20_000 + n // 8, "20%: a bitmap is shorter than indices"
     assert sizes["rand-0.1"] == 4 * 10_000, "the round's seed names the coordinates"
@@ -152,8 +152,8 @@ def test_quantized_secure_aggregation_equals_quantized_plain_aggregation():
     torch.testing.assert_close(b.aggregate, a.aggregate, atol=1e-6, rtol=0)
     # 4-bit codes times weights <= 38 for 5 clients need 12 ring bits per entry, not 48
     assert secure.code_bits == math.ceil(math.log2(5 * 38 * 15 + 1)) == 12
-    assert b.counters.uplink_bytes == 5 * (-(-hadamard.padded_dim(dim) * 12 // 8) + 10 * 6)
-    assert a.counters.uplink_bytes == 5 * (hadamard.padded_dim(dim) // 2 + 4 + 40)
+    assert b.counters.uplink_bytes == 5 * (-(-dim * 12 // 8) + 10 * 6)
+    assert a.counters.uplink_bytes == 5 * (dim // 2 + 4 + 40)
 
 
 def test_compressors_that_are_not_sums_are_refused_with_secure_aggregation():
@@ -206,3 +206,12 @@ def test_compressed_runs_are_world_size_invariant_and_resume_exactly(tmp_path, c
     dense = 4 * 5 * sum(v.numel() for v in ref.values())
     assert final["uplink_bytes"] < dense / 4 and final["comm_bytes"] == final["uplink_bytes"] + final["downlink_bytes"]
     assert final["test_accuracy"] > accuracy, "a compressed run still learns (chance: 0.1)"
+
+
+@pytest.mark.parametrize("dim", [1, 7, 16384, 40001])
+def test_the_rotation_keeps_every_length_and_norm(dim):
+    v = _vector(dim, 3)
+    x = hadamard.rotate(v, 0, 0)
+    assert len(x) == dim and sum(hadamard.blocks(dim)) == dim
+    assert float(x.norm()) == pytest.approx(float(v.norm()), rel=1e-5)
+    torch.testing.assert_close(hadamard.unrotate(x, dim, 0, 0), v, atol=1e-5, rtol=0)

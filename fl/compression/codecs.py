@@ -24,6 +24,7 @@ count header), so byte counts are what a wire would carry, not ``numel * 4``.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -64,7 +65,7 @@ class Codec:
     same shared parameters add up entrywise, so the codec can ride a sum: an all-reduce, or
     secure aggregation's ring when the values are integers), ``shared_scale`` (encoding needs the
     cohort's largest entry, one max-reduction per round), ``rotates`` (encoding works in the
-    rotated space; the sum is rotated back once).
+    rotated space, as long as the vector; the sum is rotated back once).
     """
 
     direction: str = field(default="uplink", kw_only=True)
@@ -88,10 +89,6 @@ class Codec:
     def keeps_residual(self) -> bool:
         """Whether each sender keeps what it did not send and adds it next time (error feedback)."""
         return False
-
-    def coded_dim(self, dim: int) -> int:
-        """Entries of the space the codec encodes in (longer than ``dim`` when rotating)."""
-        return hadamard.padded_dim(dim) if self.rotates else dim
 
     def forward(self, v: torch.Tensor, key: Key) -> torch.Tensor:
         """Into the coded space (the rotation, when the codec rotates): linear."""
@@ -176,11 +173,11 @@ class Quantize(Codec):
         """Integer codes of ``x`` (float32, exact integers): ``x ~ -scale + step * code``, unbiased."""
         if scale <= 0:
             return torch.zeros_like(x, dtype=torch.float32)
-        t = (x.float().clamp(-scale, scale) + scale) / self.step(scale)
+        t = x.float().clamp(-scale, scale).add_(scale).mul_(1 / self.step(scale))
         low = t.floor()
         g = generator(key.seed, "quantize", key.round_idx, key.client, device=x.device)
-        up = torch.rand(len(x), generator=g, device=x.device) < (t - low)
-        return (low + up).clamp_(0, self.levels)
+        up = torch.rand(len(x), generator=g, device=x.device).lt_(t.sub_(low))  # P(up) = fractional part
+        return low.add_(up).clamp_(0, self.levels)
 
     def dequantize(self, code_sum: torch.Tensor, count: float, scale: float) -> torch.Tensor:
         """The sum of ``count`` decoded vectors from the sum of their codes (weights: ``count`` is
@@ -270,8 +267,7 @@ class RandK(Codec):
         return max(1, min(dim, math.ceil(self.fraction * dim)))
 
     def indices(self, dim: int, key: Key, device: torch.device | str) -> torch.Tensor:
-        g = generator(key.seed, "randk", key.round_idx)
-        return torch.randperm(dim, generator=g)[:self.k(dim)].sort().values.to(device)
+        return _round_coordinates(key.seed, key.round_idx, dim, self.k(dim)).to(device)
 
     def encode(self, x: torch.Tensor, key: Key, scale: float = 0.0) -> Encoded:
         k = self.k(len(x))
@@ -283,6 +279,13 @@ class RandK(Codec):
         out = torch.zeros(enc.dim, device=values.device)
         out[self.indices(enc.dim, key, values.device)] = values
         return out
+
+
+@functools.lru_cache(maxsize=2)
+def _round_coordinates(seed: int, round_idx: int, dim: int, k: int) -> torch.Tensor:
+    """The round's ``k`` coordinates (sorted): drawn once per round and rank, not once per client."""
+    g = generator(seed, "randk", round_idx)
+    return torch.randperm(dim, generator=g)[:k].sort().values
 
 
 def _check_fraction(key: str, fraction: object) -> None:

@@ -1,16 +1,19 @@
 """A seeded random rotation that spreads a vector's mass over its coordinates.
 
-``x -> H D x / sqrt(B)`` blockwise (Suresh, Yu, Kumar, McMahan. "Distributed Mean Estimation
-with Limited Communication." ICML 2017): ``D`` is a diagonal of random signs drawn from
-(seed, round), ``H`` the Walsh-Hadamard matrix of a block of ``B`` coordinates (a power of two).
+``x -> H D x`` blockwise (Suresh, Yu, Kumar, McMahan. "Distributed Mean Estimation with Limited
+Communication." ICML 2017): ``D`` is a diagonal of random signs drawn from (seed, round), ``H``
+the normalised Walsh-Hadamard matrix of each block. Blocks follow the binary expansion of the
+length (blocks of 2^14, then one block per remaining set bit: 21,840 = 16,384 + 4,096 + 1,024 +
+256 + 64 + 16), so nothing is padded and a rotated vector is exactly as long as the vector.
 The rotation is orthonormal and linear, so the sum of rotated vectors is the rotated sum: a
 cohort can quantize in the rotated space, add up, and rotate the sum back once. An outlier
 coordinate is spread over its block, so a shared quantization scale (the largest entry) is
-much tighter after rotation than before. The vector is zero-padded to whole blocks.
+much tighter after rotation than before.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -20,43 +23,60 @@ from fl.runtime.seeding import generator
 MAX_BLOCK = 1 << 14
 
 
-def block_size(dim: int) -> int:
-    """The block length for a vector of ``dim`` entries: the next power of two, at most 2^14."""
-    return min(MAX_BLOCK, 1 << max(0, math.ceil(math.log2(max(dim, 1)))))
+def blocks(dim: int) -> list[int]:
+    """The block lengths, largest first: powers of two that add up to ``dim``."""
+    full, rest = divmod(dim, MAX_BLOCK)
+    return [MAX_BLOCK] * full + [1 << b for b in reversed(range(14)) if rest >> b & 1]
 
 
-def padded_dim(dim: int) -> int:
-    b = block_size(dim)
-    return -(-dim // b) * b
+@functools.lru_cache(maxsize=32)
+def _sylvester(n: int, device: str) -> torch.Tensor:
+    """The n x n Hadamard matrix (Sylvester's construction, symmetric, entries +-1)."""
+    h = torch.ones(1, 1)
+    while len(h) < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h.to(device)
 
 
 def fwht(x: torch.Tensor) -> torch.Tensor:
-    """The unnormalised Walsh-Hadamard transform of each row of ``x`` (row length a power of two)."""
+    """The normalised Walsh-Hadamard transform of each row of ``x`` (row length a power of two).
+
+    ``H_n = H_r (x) H_c`` with ``r c = n``: a row reshaped to ``r x c`` becomes ``H_r X H_c``, two
+    small matrix products instead of ``log2 n`` passes over memory."""
     rows, n = x.shape
-    h = 1
-    while h < n:
-        y = x.view(rows, n // (2 * h), 2, h)
-        x = torch.stack((y[:, :, 0] + y[:, :, 1], y[:, :, 0] - y[:, :, 1]), dim=2).view(rows, n)
-        h *= 2
-    return x
+    r = 1 << ((n.bit_length() - 1) // 2)
+    c = n // r
+    out = _sylvester(r, str(x.device)) @ x.reshape(rows, r, c) @ _sylvester(c, str(x.device))
+    return out.reshape(rows, n) / math.sqrt(n)
 
 
 def signs(seed: int, round_idx: int, length: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The round's random signs (``D``); drawn once per round and rank."""
+    return _signs(int(seed), int(round_idx), int(length)).to(device)
+
+
+@functools.lru_cache(maxsize=2)
+def _signs(seed: int, round_idx: int, length: int) -> torch.Tensor:
     g = generator(seed, "rotation", round_idx)
-    return (torch.randint(0, 2, (length,), generator=g) * 2 - 1).to(device=device, dtype=torch.float32)
+    return torch.randint(0, 2, (length,), generator=g).mul_(2).sub_(1).float()
+
+
+def _blockwise(x: torch.Tensor) -> torch.Tensor:
+    sizes = blocks(len(x))
+    full = sum(1 for b in sizes if b == MAX_BLOCK) * MAX_BLOCK
+    parts = [fwht(x[:full].reshape(-1, MAX_BLOCK)).reshape(-1)] if full else []
+    start = full
+    for b in (b for b in sizes if b < MAX_BLOCK):
+        parts.append(fwht(x[start:start + b].reshape(1, b)).reshape(-1))
+        start += b
+    return torch.cat(parts) if parts else x
 
 
 def rotate(v: torch.Tensor, seed: int, round_idx: int) -> torch.Tensor:
-    """``v`` (length ``dim``) rotated: a vector of :func:`padded_dim` entries."""
-    dim, b = len(v), block_size(len(v))
-    x = torch.zeros(padded_dim(dim), device=v.device, dtype=torch.float32)
-    x[:dim] = v
-    x *= signs(seed, round_idx, len(x), v.device)
-    return fwht(x.view(-1, b)).view(-1) / math.sqrt(b)
+    """``v`` rotated (as long as ``v``)."""
+    return _blockwise(v.float() * signs(seed, round_idx, len(v), v.device))
 
 
 def unrotate(x: torch.Tensor, dim: int, seed: int, round_idx: int) -> torch.Tensor:
-    """The inverse of :func:`rotate`: the first ``dim`` entries of ``D H x / sqrt(B)``."""
-    b = block_size(dim)
-    y = fwht(x.reshape(-1, b).float()).view(-1) / math.sqrt(b)
-    return (y * signs(seed, round_idx, len(y), x.device))[:dim]
+    """The inverse of :func:`rotate`: ``D H x`` (``H`` is its own inverse)."""
+    return _blockwise(x.float()) * signs(seed, round_idx, dim, x.device)

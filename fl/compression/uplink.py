@@ -33,7 +33,6 @@ class Uplink:
         self.codec = codec or NoCompression()
         self.seed, self.round_idx, self.dim, self.device = int(seed), int(round_idx), int(dim), device
         self.residuals = residuals
-        self.coded_dim = self.codec.coded_dim(self.dim)
         self.unsent: dict[int, torch.Tensor] = {}
 
     @property

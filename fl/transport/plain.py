@@ -76,7 +76,6 @@ class Aggregator:
         self.min_clients = max(1, min_clients)
         self.privacy = privacy
         self.uplink = uplink or Uplink(None, 0, round_idx, self.vdim)
-        self.cdim = self.uplink.coded_dim
         self.pending: list[tuple[int, torch.Tensor, Counters]] = []
 
     def add(self, update: ClientUpdate) -> None:
@@ -153,13 +152,13 @@ class SumAggregator(Aggregator):
         self.dtype = torch.float64 if self.uplink.active else torch.float32
         self.codes = self.uplink.codec.integer and privacy is None
         self.scale = 0.0
-        self.buf = torch.zeros(self.cdim + WIDTH, device=device, dtype=self.dtype)
+        self.buf = torch.zeros(self.vdim + WIDTH, device=device, dtype=self.dtype)
 
     def _count(self, counters: Counters) -> None:
-        self.buf[self.cdim:] += counters.encode(self.device, self.dtype)
+        self.buf[self.vdim:] += counters.encode(self.device, self.dtype)
 
     def _accept(self, x: torch.Tensor, counters: Counters) -> None:
-        self.buf[:self.cdim].add_(x.to(self.dtype), alpha=float(counters.weight))
+        self.buf[:self.vdim].add_(x.to(self.dtype), alpha=float(counters.weight))
         self._count(counters)
 
     def _send_pending(self, scale: float) -> None:
@@ -177,8 +176,8 @@ class SumAggregator(Aggregator):
         self._count(Counters(stop=float(stop)))
         total = self.comm.all_reduce_sum(self.buf)
         nbytes = total.numel() * total.element_size() * self.comm.world_size
-        counters = Counters.decode(total[self.cdim:])
-        summed = total[:self.cdim]
+        counters = Counters.decode(total[self.vdim:])
+        summed = total[:self.vdim]
         if self.codes:  # the weighted sum of decoded vectors, from the weighted sum of codes
             summed = self.uplink.codec.dequantize(summed, counters.weight, self.scale)  # type: ignore[attr-defined]
         aggregate, fraction = self.uplink.back(summed).to(torch.float32), None

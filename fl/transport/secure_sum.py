@@ -80,7 +80,7 @@ class SecureSumAggregator(Aggregator):
         self.inbox: dict[tuple[int, int], bytes] = {}
         if recover:
             self._share_keys()
-        self.length = self.cdim + WIDTH  # the masked part: weighted vector (or codes) and the clients' counters
+        self.length = self.vdim + WIDTH  # the masked part: weighted vector (or codes) and the clients' counters
         self.code_bits = 0  # quantized: the ring bits the round's code sums need (set in combine)
         # Clear part: the rank's counters (rejected, dropped, late, stop) and one "sent" flag per client.
         self.buf = torch.zeros(self.length + WIDTH + len(self.cohort), dtype=torch.int64)
@@ -139,7 +139,7 @@ class SecureSumAggregator(Aggregator):
             masked.add_(self_mask(self.seeds[cid], self.round_idx, self.length))
         ring(self.buf[:self.length].add_(ring(masked)))
         self.buf[self.length + WIDTH + self.slot[cid]] = 1
-        self._count(Counters(uplink_bytes=-(-self.cdim * bits // 8) + WIDTH * RING_BITS // 8))
+        self._count(Counters(uplink_bytes=-(-self.vdim * bits // 8) + WIDTH * RING_BITS // 8))
 
     def _send_quantized(self) -> None:
         """Collective: the cohort's scale and largest weight; each held client's codes, times its
@@ -189,9 +189,9 @@ class SecureSumAggregator(Aggregator):
                 masked_sum = masked_sum - self._unmask(survivors, missing)
                 nbytes += self.reveal_bytes
             out = self.fixed.decode(ring(masked_sum))
-            aggregate, masked = out[:self.cdim], Counters.decode(out[self.cdim:])
+            aggregate, masked = out[:self.vdim], Counters.decode(out[self.vdim:])
             if self.uplink.active:  # exact integer sums of weighted codes, modulo 2^code_bits
-                codes = ring(masked_sum)[:self.cdim].bitwise_and((1 << self.code_bits) - 1)
+                codes = ring(masked_sum)[:self.vdim].bitwise_and((1 << self.code_bits) - 1)
                 aggregate = self.uplink.back(self.uplink.codec.dequantize(codes.double(), masked.weight, self.scale))
                 aggregate = aggregate.double()
             if self.privacy is not None:
