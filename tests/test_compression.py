@@ -215,3 +215,37 @@ def test_the_rotation_keeps_every_length_and_norm(dim):
     assert len(x) == dim and sum(hadamard.blocks(dim)) == dim
     assert float(x.norm()) == pytest.approx(float(v.norm()), rel=1e-5)
     torch.testing.assert_close(hadamard.unrotate(x, dim, 0, 0), v, atol=1e-5, rtol=0)
+
+
+def test_a_strategys_scalars_travel_uncompressed_beside_the_compressed_model_delta():
+    from fl.strategies.fednova import FedNova
+
+    dim, fednova = 400, FedNova()
+    updates = [ClientUpdate(c, _vector(dim, c) * 0.1, 20, torch.tensor(1.0), 20, 3 + c) for c in range(3)]
+    plain = SumAggregator(fednova, Comm(0, 1, CPU), dim, CPU)
+    for codec in (Quantize(2), TopK(0.05)):
+        up = Uplink(codec, 0, 0, fednova.vector_dim(dim), head=fednova.compressible_dim(dim))
+        agg = SumAggregator(fednova, Comm(0, 1, CPU), dim, CPU, uplink=up)
+        for u in updates:
+            agg.add(u)
+            plain.add(u) if codec.name == "2bit" else None
+        got = agg.combine(0)
+        assert got.aggregate[-1] == pytest.approx(4.0), "the mean step count (3, 4, 5) arrives exactly"
+        assert got.counters.uplink_bytes == sum(up.encode(0, fednova.client_vector(u))[1] + 40 for u in updates)
+    assert plain.combine(0).aggregate[-1] == pytest.approx(4.0)
+
+
+def test_quantized_secure_aggregation_carries_a_strategys_scalars_in_fixed_point():
+    from fl.strategies.fednova import FedNova
+
+    dim, cohort, fednova = 300, [0, 1, 2], FedNova()
+    up = lambda: Uplink(Quantize(4), 1, 0, fednova.vector_dim(dim), head=dim)  # noqa: E731
+    plain = SumAggregator(fednova, Comm(0, 1, CPU), dim, CPU, uplink=up())
+    secure = SecureSumAggregator(fednova, Comm(0, 1, CPU), dim, CPU, cohort, cohort, 0, frac_bits=20, uplink=up())
+    for c in cohort:
+        u = ClientUpdate(c, _vector(dim, c) * 0.1, 20, torch.tensor(1.0), 20, 3 + c)
+        plain.add(u)
+        secure.add(u)
+    a, b = plain.combine(0).aggregate, secure.combine(0).aggregate
+    torch.testing.assert_close(b, a, atol=1e-6, rtol=0)
+    assert float(b[-1]) == pytest.approx(4.0, abs=1e-5)

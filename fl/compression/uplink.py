@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from fl.compression.codecs import Codec, Key, NoCompression
+from fl.compression.codecs import Codec, Encoded, Key, NoCompression
 from fl.runtime.comm import Comm
 from fl.training.store import ClientStore
 
@@ -29,9 +29,13 @@ class Uplink:
     """Compression of one round's client vectors (``dim`` entries each) on one rank."""
 
     def __init__(self, codec: Codec | None, seed: int, round_idx: int, dim: int, residuals: ClientStore | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 head: int | None = None) -> None:
+        """``dim``: a client vector's length; only its first ``head`` entries (default: all) are
+        compressed. The rest (a strategy's scalars: FedNova's step count, a cluster id) travel as
+        float32."""
         self.codec = codec or NoCompression()
-        self.seed, self.round_idx, self.dim, self.device = int(seed), int(round_idx), int(dim), device
+        self.seed, self.round_idx, self.dim = int(seed), int(round_idx), int(dim)
+        self.head = self.dim if head is None else int(head)
         self.residuals = residuals
         self.unsent: dict[int, torch.Tensor] = {}
 
@@ -43,29 +47,42 @@ class Uplink:
         return Key(self.seed, self.round_idx, cid)
 
     def prepare(self, cid: int, v: torch.Tensor) -> torch.Tensor:
-        """Steps 1-2: ``v`` plus the client's residual, in the coded space."""
+        """Steps 1-2: ``v`` plus the client's residual, its head in the coded space."""
+        if not self.active:
+            return v
+        head = v[:self.head]
         if self.codec.keeps_residual and self.residuals is not None:
             state = self.residuals.load(cid, self.round_idx, v.device)
             if state is not None:
-                v = v + state["residual"].to(v)
-            self.unsent[cid] = v
-        return self.codec.forward(v, self.key(cid))
+                head = head + state["residual"].to(head)
+            self.unsent[cid] = head
+        return torch.cat([self.codec.forward(head, self.key(cid)), v[self.head:]])
 
     def scale(self, comm: Comm, vectors: list[torch.Tensor]) -> float:
-        """Collective (codecs with a shared scale): the largest entry over the round's cohort."""
-        local = max((float(x.abs().max()) for x in vectors), default=0.0)
+        """Collective (codecs with a shared scale): the largest head entry over the round's cohort."""
+        local = max((float(x[:self.head].abs().max()) for x in vectors), default=0.0)
         return comm.all_reduce_max(local)
 
+    def encode(self, cid: int, x: torch.Tensor, scale: float = 0.0) -> tuple[Encoded, int]:
+        """Step 3: the message of the head and the bytes of the whole vector's message."""
+        enc = self.codec.encode(x[:self.head], self.key(cid), scale)
+        return enc, enc.nbytes + 4 * (len(x) - self.head)
+
     def send(self, cid: int, x: torch.Tensor, scale: float = 0.0) -> tuple[torch.Tensor, int]:
-        """Steps 3-4: the decoded vector (coded space) and the message's bytes."""
+        """Steps 3-4: the decoded vector (head in the coded space) and the message's bytes."""
+        if not self.active:
+            return x, 4 * len(x)
         key = self.key(cid)
-        enc = self.codec.encode(x, key, scale)
+        enc, nbytes = self.encode(cid, x, scale)
         decoded = self.codec.decode(enc, key).to(x)
         if cid in self.unsent and self.residuals is not None:
             u = self.unsent.pop(cid)
-            self.residuals.save(cid, self.round_idx, {"residual": u - self.codec.backward(decoded, self.dim, key)})
-        return decoded, enc.nbytes
+            self.residuals.save(cid, self.round_idx, {"residual": u - self.codec.backward(decoded, self.head, key)})
+        return torch.cat([decoded, x[self.head:]]), nbytes
 
     def back(self, x: torch.Tensor) -> torch.Tensor:
         """Out of the coded space (a decoded vector or a sum of them: the rotation is linear)."""
-        return self.codec.backward(x, self.dim, Key(self.seed, self.round_idx))
+        if not self.active:
+            return x
+        head = self.codec.backward(x[:self.head], self.head, Key(self.seed, self.round_idx))
+        return torch.cat([head.to(x.dtype), x[self.head:]])

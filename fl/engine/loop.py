@@ -264,7 +264,8 @@ class Rounds:
         by_rank = assign(cohort, comm.world_size, self.fed.per_site)
         received = self.downlink.received(global_flat)  # what clients train from
         downlink_bytes = len(cohort) * self.downlink.bytes_per_client(len(global_flat))
-        uplink = Uplink(self.uplink_codec, int(cfg.seed), rnd, self.strategy.vector_dim(len(self.fm)), self.residuals)
+        uplink = Uplink(self.uplink_codec, int(cfg.seed), rnd, self.strategy.vector_dim(len(self.fm)), self.residuals,
+                        self.strategy.compressible_dim(len(self.fm)))
         if isinstance(self.secagg, Masking):
             from fl.transport.secure_sum import SecureSumAggregator  # cryptography: only runs with secagg import it
 

@@ -55,6 +55,11 @@ class Strategy:
         also aggregate per-client scalars, e.g. FedNova's step counts)."""
         return model_dim
 
+    def compressible_dim(self, model_dim: int) -> int:
+        """How many leading entries of :meth:`client_vector` are model-shaped and may be compressed
+        (``compression/uplink``); the rest (step counts, ids) travel as float32."""
+        return model_dim
+
     def aggregate_dim(self, model_dim: int) -> int:
         """Length of :meth:`aggregate`'s result (default: that of a client vector). Only gather-path
         strategies may differ (e.g. clustered FL returns one mean per cluster)."""

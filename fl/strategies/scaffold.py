@@ -47,6 +47,9 @@ class Scaffold(FedAvg):
     def vector_dim(self, model_dim: int) -> int:
         return 2 * model_dim
 
+    def compressible_dim(self, model_dim: int) -> int:
+        return 2 * model_dim  # the model delta and the control-variate delta
+
     def client_weight(self, update: ClientUpdate) -> float:
         return 1.0
 

@@ -116,7 +116,7 @@ class Aggregator:
 
     def _send_pending(self, scale: float) -> None:
         for cid, x, counters in self.pending:
-            decoded, nbytes = self.uplink.send(cid, x, scale) if self.uplink.active else (x, 4 * len(x))
+            decoded, nbytes = self.uplink.send(cid, x, scale)
             if self.privacy is not None and self.uplink.active:  # the server's clip: sensitivity stays C
                 decoded = clip_to_norm(decoded, self.privacy.clip_norm)
             self._accept(decoded, counters.replace(uplink_bytes=float(nbytes + self.header_bytes)))
@@ -165,10 +165,11 @@ class SumAggregator(Aggregator):
         if not self.codes:
             return super()._send_pending(scale)
         self.scale = scale
-        codec = self.uplink.codec
+        head = self.uplink.head
         for cid, x, counters in self.pending:
-            enc = codec.encode(x, self.uplink.key(cid), scale)
-            self._accept(enc.parts["codes"], counters.replace(uplink_bytes=float(enc.nbytes + self.header_bytes)))
+            enc, nbytes = self.uplink.encode(cid, x, scale)
+            self._accept(torch.cat([enc.parts["codes"].to(self.dtype), x[head:].to(self.dtype)]),
+                         counters.replace(uplink_bytes=float(nbytes + self.header_bytes)))
         self.pending.clear()
 
     def combine(self, round_idx: int, stop: bool = False) -> Combined:
@@ -177,9 +178,10 @@ class SumAggregator(Aggregator):
         total = self.comm.all_reduce_sum(self.buf)
         nbytes = total.numel() * total.element_size() * self.comm.world_size
         counters = Counters.decode(total[self.vdim:])
-        summed = total[:self.vdim]
+        summed, head = total[:self.vdim], self.uplink.head
         if self.codes:  # the weighted sum of decoded vectors, from the weighted sum of codes
-            summed = self.uplink.codec.dequantize(summed, counters.weight, self.scale)  # type: ignore[attr-defined]
+            summed = torch.cat([self.uplink.codec.dequantize(summed[:head], counters.weight,  # type: ignore[attr-defined]
+                                                             self.scale), summed[head:]])
         aggregate, fraction = self.uplink.back(summed).to(torch.float32), None
         if self.privacy is not None:
             aggregate, fraction = self.privacy.noised_sum(aggregate, counters.unclipped, round_idx)

@@ -139,7 +139,8 @@ class SecureSumAggregator(Aggregator):
             masked.add_(self_mask(self.seeds[cid], self.round_idx, self.length))
         ring(self.buf[:self.length].add_(ring(masked)))
         self.buf[self.length + WIDTH + self.slot[cid]] = 1
-        self._count(Counters(uplink_bytes=-(-self.vdim * bits // 8) + WIDTH * RING_BITS // 8))
+        head = self.uplink.head if bits < RING_BITS else 0  # the entries carried as codes
+        self._count(Counters(uplink_bytes=-(-head * bits // 8) + (self.length - head) * RING_BITS // 8))
 
     def _send_quantized(self) -> None:
         """Collective: the cohort's scale and largest weight; each held client's codes, times its
@@ -151,13 +152,14 @@ class SecureSumAggregator(Aggregator):
         self.scale = self.uplink.scale(self.comm, [x for _, x, _ in self.pending])
         weight = self.comm.all_reduce_max(max((float(c.weight) for _, _, c in self.pending), default=0.0))
         self.code_bits = max(1, math.ceil(math.log2(len(self.cohort) * max(weight, 1.0) * codec.levels + 1)))
+        head = self.uplink.head
         for cid, x, counters in self.pending:
             w = float(counters.weight)
             if w != round(w):
                 raise ValueError(f"secure aggregation of quantized updates needs integer weights, got {w}")
-            codes = codec.codes(x, self.uplink.key(cid), self.scale).double().mul_(w).round_().long().cpu()
-            tail = self.fixed.encode(counters.encode("cpu", torch.float64))
-            self._mask(cid, torch.cat([codes, tail]), self.code_bits)
+            codes = codec.codes(x[:head], self.uplink.key(cid), self.scale).double().mul_(w).round_().long().cpu()
+            rest = self.fixed.encode(torch.cat([x[head:].double() * w, counters.encode(x.device, torch.float64)]).cpu())
+            self._mask(cid, torch.cat([codes, rest]), self.code_bits)
         self.pending.clear()
 
     def drop(self, client_id: int, late: bool = False) -> None:
@@ -191,9 +193,10 @@ class SecureSumAggregator(Aggregator):
             out = self.fixed.decode(ring(masked_sum))
             aggregate, masked = out[:self.vdim], Counters.decode(out[self.vdim:])
             if self.uplink.active:  # exact integer sums of weighted codes, modulo 2^code_bits
-                codes = ring(masked_sum)[:self.vdim].bitwise_and((1 << self.code_bits) - 1)
-                aggregate = self.uplink.back(self.uplink.codec.dequantize(codes.double(), masked.weight, self.scale))
-                aggregate = aggregate.double()
+                head = self.uplink.head
+                codes = ring(masked_sum)[:head].bitwise_and((1 << self.code_bits) - 1)
+                summed = self.uplink.codec.dequantize(codes.double(), masked.weight, self.scale)  # type: ignore[attr-defined]
+                aggregate = self.uplink.back(torch.cat([summed, aggregate[head:]])).double()
             if self.privacy is not None:
                 fraction = float(masked.unclipped) / self.privacy.expected_clients
                 aggregate = aggregate / self.privacy.expected_clients
