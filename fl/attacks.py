@@ -177,8 +177,13 @@ class Adversary:
 
     def poison(self, update: ClientUpdate, round_idx: int) -> ClientUpdate:
         """What the client sends instead of ``update`` (unchanged for honest clients)."""
-        cid = update.client_id
-        if not (self.attack.changes_updates and self.is_malicious(cid)):
-            return update
-        g = generator(self.seed, "attack", round_idx, cid, device=update.delta.device)
-        return dataclasses.replace(update, delta=self.attack.delta(update.delta, g))
+        delta = self.poisoned(update.delta, update.client_id, round_idx)
+        return update if delta is update.delta else dataclasses.replace(update, delta=delta)
+
+    def poisoned(self, delta: torch.Tensor, client_id: int, round_idx: int) -> torch.Tensor:
+        """The model delta client ``client_id`` sends in ``round_idx`` (``delta`` itself when honest);
+        the attack's randomness comes from (seed, round, client)."""
+        if not (self.attack.changes_updates and self.is_malicious(client_id)):
+            return delta
+        g = generator(self.seed, "attack", round_idx, client_id, device=delta.device)
+        return self.attack.delta(delta, g)

@@ -94,9 +94,16 @@ def test_robust_maths_on_small_cases():
 def test_norm_bound_clips_each_update():
     big = ClientUpdate(0, torch.full((4,), 3.0), 10, torch.tensor(0.0), 10, 1)
     small = ClientUpdate(1, torch.full((4,), 0.1), 10, torch.tensor(0.0), 10, 1)
+    from fl.transport.counters import Counters
+
     nb = NormBound(max_norm=1.0)
-    assert float(nb.client_vector(big).norm()) == pytest.approx(1.0)
-    assert torch.equal(nb.client_vector(small), small.delta)
+    (clip,) = nb.transforms()  # a stage of the update pipeline, after any attack
+
+    def sent(update):
+        return clip.client(nb.client_vector(update), Counters(), update.client_id)[0]
+
+    assert float(sent(big).norm()) == pytest.approx(1.0)
+    assert torch.equal(sent(small), small.delta)
     assert torch.equal(clip_to_norm(torch.zeros(3), 1.0), torch.zeros(3))
 
 

@@ -26,6 +26,7 @@ import fl
 from fl.engine import checkpoint, evaluation, rundir
 from fl.data.stream import stream_loaders
 from fl.engine.server import server_step
+from fl.transport.pipeline import ModelPoisoning, Pipeline
 from fl.transport.plain import make_aggregator
 from fl.compression.downlink import Downlink
 from fl.compression.uplink import Uplink
@@ -266,16 +267,18 @@ class Rounds:
         downlink_bytes = len(cohort) * self.downlink.bytes_per_client(len(global_flat))
         uplink = Uplink(self.uplink_codec, int(cfg.seed), rnd, self.strategy.vector_dim(len(self.fm)), self.residuals,
                         self.strategy.compressible_dim(len(self.fm)))
-        if isinstance(self.secagg, Masking):
+        secure = isinstance(self.secagg, Masking)
+        pipeline = Pipeline.standard(uplink, self.strategy.transforms(), self.privacy, rnd, shares=secure,
+                                     poisoning=ModelPoisoning(self.attack, rnd, len(self.fm)))
+        if secure:
             from fl.transport.secure_sum import SecureSumAggregator  # cryptography: only runs with secagg import it
 
             agg = SecureSumAggregator(self.strategy, comm, len(self.fm), self.device, cohort, by_rank[comm.rank], rnd,
-                                      self.secagg.frac_bits, int(cfg.fl.min_clients_per_round), self.privacy,
-                                      self.secagg.dropout == "recover", float(self.secagg.threshold), uplink)
+                                      self.secagg.frac_bits, int(cfg.fl.min_clients_per_round), None,
+                                      self.secagg.dropout == "recover", float(self.secagg.threshold), pipeline=pipeline)
         else:
             agg = make_aggregator(self.transport, self.strategy, comm, len(self.fm), self.device,
-                                  max(len(r) for r in by_rank), int(cfg.fl.min_clients_per_round), self.privacy,
-                                  uplink, rnd)
+                                  max(len(r) for r in by_rank), int(cfg.fl.min_clients_per_round), pipeline=pipeline)
         for cid, plan, fate in self._fates(rnd, by_rank[comm.rank]):
             if fate != "train":
                 agg.drop(cid, late=fate == "late")
@@ -284,11 +287,11 @@ class Rounds:
             task = ClientTask(cid, rnd, cfg.seed, plan, self.make_optimizer, self.store, self.local_dp, self.augment,
                               self.fed.spec.task)
             update = self.strategy.client_update(self.fm, received, self.attack.training_shard(cid, shard), task)
-            agg.add(self.attack.poison(update, rnd))
+            agg.add(update)  # the pipeline applies the attack of a malicious client
             if self.accountant is not None:
                 self.accountant.record(cid, shard.num_train, _steps(shard.num_train, plan))
         combined = agg.combine(rnd, self.stop.requested)  # the transport: move and combine numbers
-        result = server_step(self.strategy, self.privacy, int(cfg.fl.min_clients_per_round), rnd, global_flat, combined)
+        result = server_step(self.strategy, pipeline, int(cfg.fl.min_clients_per_round), rnd, global_flat, combined)
         self.downlink.send(rnd, result.new_global)
         return dataclasses.replace(result, downlink_bytes=downlink_bytes)
 

@@ -51,9 +51,10 @@ def update_noise_multiplier(noise_multiplier: float, count_noise: float) -> floa
 class DPFedAvg:
     """The run's DP state: settings plus the current clip norm (adaptive clipping changes it).
 
-    Aggregators call :meth:`clip` per client, then either :meth:`noised_sum` once per round
-    (central noise) or add :meth:`noise_share` per client (secure aggregation), and
-    :meth:`adapt` with the round's noised unclipped fraction.
+    The update pipeline (:class:`fl.transport.pipeline.ClientDP`) calls :meth:`clip` per client,
+    then either :meth:`noised_total` once per round (central noise) or adds :meth:`noise_share`
+    per client (secure aggregation); the server step calls :meth:`adapt` with the round's noised
+    unclipped fraction.
     """
 
     def __init__(self, clip_norm: float, noise_multiplier: float, expected_clients: int, seed: int,
@@ -78,14 +79,19 @@ class DPFedAvg:
     def noised_sum(self, total: torch.Tensor, unclipped: float, round_idx: int) -> tuple[torch.Tensor, float]:
         """Central noise: ``(sum + N(0, (z_delta C)^2)) / n`` and the noised unclipped fraction;
         the same on every rank."""
+        noised, fraction = self.noised_total(total, unclipped, round_idx)
+        return noised / self.expected_clients, fraction
+
+    def noised_total(self, total: torch.Tensor, unclipped: float, round_idx: int) -> tuple[torch.Tensor, float]:
+        """``sum + N(0, (z_delta C)^2)`` (noise from the seed and the round) and the noised unclipped
+        fraction; the update pipeline's server side (:class:`fl.transport.pipeline.ClientDP`)."""
         g = generator(self.seed, "dp_noise", round_idx, device=total.device)
         noise = torch.randn(total.shape, generator=g, device=total.device, dtype=total.dtype)
-        mean = (total + noise * (self.update_noise * self.clip_norm)) / self.expected_clients
         count = unclipped
         if self.adaptive:
             count += float(torch.randn((), generator=generator(self.seed, "dp_count_noise", round_idx))) \
                 * self.count_noise
-        return mean, count / self.expected_clients
+        return total + noise * (self.update_noise * self.clip_norm), count / self.expected_clients
 
     def noise_share(self, length: int, round_idx: int, client_id: int) -> tuple[torch.Tensor, float]:
         """Client ``client_id``'s share of the round's noise (update, count): each with

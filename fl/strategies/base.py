@@ -55,6 +55,11 @@ class Strategy:
         also aggregate per-client scalars, e.g. FedNova's step counts)."""
         return model_dim
 
+    def transforms(self) -> list:
+        """Update transforms the strategy adds to the round's pipeline, after the attack and before
+        DP and compression (:mod:`fl.transport.pipeline`; default: none)."""
+        return []
+
     def compressible_dim(self, model_dim: int) -> int:
         """How many leading entries of :meth:`client_vector` are model-shaped and may be compressed
         (``compression/uplink``); the rest (step counts, ids) travel as float32."""

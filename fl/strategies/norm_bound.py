@@ -3,8 +3,9 @@
 Sun, Kairouz, Suresh, McMahan. "Can You Really Backdoor Federated Learning?" 2019.
 https://arxiv.org/abs/1911.07963
 
-Clipping happens per client, before aggregation, so the aggregate is still a weighted mean
-of (clipped) vectors and runs on the all-reduce path.
+Clipping happens per client, as a stage of the update pipeline (after an attack, before DP and
+compression), so the aggregate is still a weighted mean of (clipped) vectors and runs on the
+all-reduce path.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import torch
 
 from fl.errors import ConfigError
 from fl.strategies.fedavg import FedAvg
-from fl.types import ClientUpdate
 
 
 def clip_to_norm(vector: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -31,5 +31,7 @@ class NormBound(FedAvg):
             raise ConfigError("strategy.max_norm", max_norm, "must be > 0")
         self.max_norm = float(max_norm)
 
-    def client_vector(self, update: ClientUpdate) -> torch.Tensor:
-        return clip_to_norm(update.delta, self.max_norm)
+    def transforms(self) -> list:
+        from fl.transport.pipeline import NormBound as Clip  # the pipeline imports clip_to_norm from here
+
+        return [Clip(self.max_norm)]

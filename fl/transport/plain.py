@@ -12,12 +12,14 @@ Two transports, one collective step each, on one flat buffer:
 
 Both give the same model for weighted-mean strategies, up to float summation order.
 
-Whatever the transport, an update with a NaN or Inf entry never reaches the global model:
-on the sum path the hosting rank drops it before adding it in (no one else ever sees it);
-on the gather path rank 0 drops the row. Rejected, dropped-out and late (straggler) clients
-are counted in the round's result. A round in which fewer than ``min_clients`` updates
-arrive leaves the global model and the server state unchanged (the server step,
-:func:`fl.engine.server.server_step`, is the same for every transport).
+Transports only move and combine numbers. Each client's vector first passes through the
+round's update pipeline (:mod:`fl.transport.pipeline`: attack, norm bound, NaN/Inf rejection,
+DP clip, compression's client side); the sum path hands the server step the *sum* and the
+counters, and the server step (:func:`fl.engine.server.server_step`, the same for every
+transport) runs the pipeline's server sides (DP noise, inverse rotation), the division and
+``server_update``. An update with a NaN or Inf entry never reaches the global model: the
+hosting rank refuses it (and rank 0 checks every gathered row again). Rejected, dropped-out and
+late (straggler) clients are counted in the round's result.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from fl.strategies.base import Strategy
 from fl.strategies.norm_bound import clip_to_norm
 from fl.engine.server import Combined, server_step
 from fl.transport.counters import WIDTH, Counters
+from fl.transport.pipeline import Pipeline
 from fl.types import ClientUpdate, RoundResult
 
 log = logging.getLogger(__name__)
@@ -60,31 +63,37 @@ def is_finite(update_vector: torch.Tensor) -> bool:
 class Aggregator:
     """Collects this rank's updates for one round, then runs the transport's collective.
 
-    With uplink compression (``uplink``, :class:`fl.compression.uplink.Uplink`) each client's
-    vector is encoded as the client would send it and what the server decodes is aggregated;
-    codecs with a shared scale hold the vectors until :meth:`combine`, which reduces the scale
-    over the ranks first. The round's ``uplink_bytes`` counter sums the messages' exact bytes.
+    Each update goes through ``pipeline`` (default: :meth:`Pipeline.standard` of the strategy's
+    transforms, ``privacy`` and ``uplink``) and is then encoded as the client would send it:
+    what the server decodes is what is combined. Codecs with a shared scale hold the vectors until
+    :meth:`combine`, which reduces the scale over the ranks first. The round's ``uplink_bytes``
+    counter sums the messages' exact bytes.
     """
 
     header_bytes = WIDTH * 4  # a message's counters (weight, loss, ...) as float32
+    noise_shares = False      # DP noise: added once to the sum (True: a share by each client)
 
     def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, min_clients: int = 1,
-                 privacy: DPFedAvg | None = None, uplink: Uplink | None = None, round_idx: int = 0) -> None:
+                 privacy: DPFedAvg | None = None, uplink: Uplink | None = None, round_idx: int = 0,
+                 pipeline: Pipeline | None = None) -> None:
         """``dim``: the flat model's length; client vectors have ``strategy.vector_dim(dim)``."""
         self.strategy, self.comm, self.dim, self.device = strategy, comm, dim, device
         self.vdim = strategy.vector_dim(dim)
         self.min_clients = max(1, min_clients)
-        self.privacy = privacy
-        self.uplink = uplink or Uplink(None, 0, round_idx, self.vdim)
+        if pipeline is None:
+            uplink = uplink or Uplink(None, 0, round_idx, self.vdim)
+            pipeline = Pipeline.standard(uplink, strategy.transforms(), privacy, round_idx, self.noise_shares)
+        self.pipeline, self.uplink = pipeline, pipeline.uplink
+        self.privacy = None if pipeline.dp is None else pipeline.dp.privacy
         self.pending: list[tuple[int, torch.Tensor, Counters]] = []
 
     def add(self, update: ClientUpdate) -> None:
-        out = self._client_vector(update)
+        out = self.pipeline.client(self.strategy.client_vector(update), self._counters(update), update.client_id)
         if out is None:
             self._count(Counters(rejected=1.0))
             return
         v, counters = out
-        self.pending.append((update.client_id, self.uplink.prepare(update.client_id, v), counters))
+        self.pending.append((update.client_id, v, counters))
         if not self.uplink.codec.shared_scale:
             self._send_pending(0.0)
 
@@ -99,14 +108,14 @@ class Aggregator:
 
     def finish(self, global_flat: torch.Tensor, round_idx: int, stop: bool = False) -> RoundResult:
         """Collective: :meth:`combine`, then the server step (:func:`fl.engine.server.server_step`)."""
-        return server_step(self.strategy, self.privacy, self.min_clients, round_idx, global_flat,
+        return server_step(self.strategy, self.pipeline, self.min_clients, round_idx, global_flat,
                            self.combine(round_idx, stop))
 
     def _count(self, counters: Counters) -> None:
         raise NotImplementedError
 
     def _accept(self, x: torch.Tensor, counters: Counters) -> None:
-        """Add in one client's decoded vector (in the coded space) with its counters."""
+        """Add in one client's decoded vector (its head in the coded space) with its counters."""
         raise NotImplementedError
 
     def _flush(self) -> None:
@@ -126,31 +135,18 @@ class Aggregator:
         return Counters(weight=self.strategy.client_weight(update), loss_sum=update.loss_sum,
                         seen=float(update.num_seen), clients=1.0)
 
-    def _client_vector(self, update: ClientUpdate) -> tuple[torch.Tensor, Counters] | None:
-        """The client's vector and counters (clipped, weight 1 under DP); ``None`` when non-finite."""
-        v = self.strategy.client_vector(update)
-        if not is_finite(v):
-            log.warning("client %d sent a non-finite update: rejected", update.client_id)
-            return None
-        counters = self._counters(update)
-        if self.privacy is not None:
-            v, unclipped = self.privacy.clip(v)
-            counters = counters.replace(weight=1.0, unclipped=unclipped)
-        return v, counters
-
 
 class SumAggregator(Aggregator):
-    """The all-reduce transport (see module docstring). With ``privacy`` (DP-FedAvg) each
-    update is clipped and weighted 1, and the sum is noised once and divided by the expected
-    cohort size (see :mod:`fl.privacy.dp_fedavg`)."""
+    """The all-reduce transport (see module docstring): the weighted sum of the round's vectors."""
 
     def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, min_clients: int = 1,
-                 privacy: DPFedAvg | None = None, uplink: Uplink | None = None, round_idx: int = 0) -> None:
-        super().__init__(strategy, comm, dim, device, min_clients, privacy, uplink, round_idx)
+                 privacy: DPFedAvg | None = None, uplink: Uplink | None = None, round_idx: int = 0,
+                 pipeline: Pipeline | None = None) -> None:
+        super().__init__(strategy, comm, dim, device, min_clients, privacy, uplink, round_idx, pipeline)
         # Compressed: float64, and quantized codes (without DP's per-client clip of the decoded vector)
         # are summed as exact integers, so the sum does not depend on the order, nor on the world size.
         self.dtype = torch.float64 if self.uplink.active else torch.float32
-        self.codes = self.uplink.codec.integer and privacy is None
+        self.codes = self.uplink.codec.integer and self.privacy is None
         self.scale = 0.0
         self.buf = torch.zeros(self.vdim + WIDTH, device=device, dtype=self.dtype)
 
@@ -182,12 +178,7 @@ class SumAggregator(Aggregator):
         if self.codes:  # the weighted sum of decoded vectors, from the weighted sum of codes
             summed = torch.cat([self.uplink.codec.dequantize(summed[:head], counters.weight,  # type: ignore[attr-defined]
                                                              self.scale), summed[head:]])
-        aggregate, fraction = self.uplink.back(summed).to(torch.float32), None
-        if self.privacy is not None:
-            aggregate, fraction = self.privacy.noised_sum(aggregate, counters.unclipped, round_idx)
-        elif counters.weight > 0:
-            aggregate = aggregate / counters.weight
-        return Combined(aggregate, counters, nbytes, unclipped_fraction=fraction)
+        return Combined(summed.to(torch.float32), counters, nbytes, summed=True)
 
 
 class GatherAggregator(Aggregator):
@@ -198,24 +189,17 @@ class GatherAggregator(Aggregator):
     """
 
     def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, rows_per_rank: int,
-                 min_clients: int = 1, uplink: Uplink | None = None, round_idx: int = 0) -> None:
-        super().__init__(strategy, comm, dim, device, min_clients, None, uplink, round_idx)
+                 min_clients: int = 1, uplink: Uplink | None = None, round_idx: int = 0,
+                 pipeline: Pipeline | None = None) -> None:
+        super().__init__(strategy, comm, dim, device, min_clients, None, uplink, round_idx, pipeline)
         self.rows = torch.zeros(rows_per_rank, self.vdim + WIDTH, device=device)
         self.used = 0
 
-    def add(self, update: ClientUpdate) -> None:
-        v = self.strategy.client_vector(update)
-        if is_finite(v):  # a non-finite row goes as it is: rank 0 rejects it
-            self.pending.append((update.client_id, self.uplink.prepare(update.client_id, v), self._counters(update)))
-            if not self.uplink.codec.shared_scale:
-                self._send_pending(0.0)
-            return
-        self._accept(v, self._counters(update).replace(uplink_bytes=float(4 * len(v) + self.header_bytes)))
-
     def _accept(self, x: torch.Tensor, counters: Counters) -> None:
-        """Rank 0 gets every individual update, decoded (robust aggregators need them one by one)."""
+        """Rank 0 gets every individual update, decoded and rotated back (robust aggregators need
+        them one by one)."""
         row = self.rows[self.used]
-        row[:self.vdim] = self.uplink.back(x) if is_finite(x) else x
+        row[:self.vdim] = self.uplink.back(x)
         row[self.vdim:] = counters.encode(self.device)
         self.used += 1
 
@@ -247,11 +231,12 @@ class GatherAggregator(Aggregator):
         finite = torch.isfinite(rows).all(dim=1)
         good = rows[present & finite]
         rejected = int((present & ~finite).sum())
-        counters = Counters.decode(good[:, self.vdim:].sum(0)).replace(
-            rejected=float(rejected), dropped=float(column("dropped").sum()), late=float(column("late").sum()),
-            stop=float(column("stop").sum()), uplink_bytes=float(column("uplink_bytes").sum()))
         if rejected:
             log.warning("%d non-finite client update(s) rejected", rejected)
+        counters = Counters.decode(good[:, self.vdim:].sum(0)).replace(
+            rejected=float(rejected + column("rejected").sum()), dropped=float(column("dropped").sum()),
+            late=float(column("late").sum()), stop=float(column("stop").sum()),
+            uplink_bytes=float(column("uplink_bytes").sum()))
         if len(good) >= self.min_clients:
             out.copy_(self.strategy.aggregate(good[:, :self.vdim], good[:, self.vdim + Counters.index("weight")]))
         return counters
@@ -259,7 +244,7 @@ class GatherAggregator(Aggregator):
 
 def make_aggregator(transport: str, strategy: Strategy, comm: Comm, dim: int, device: torch.device,
                     rows_per_rank: int, min_clients: int = 1, privacy: DPFedAvg | None = None,
-                    uplink: Uplink | None = None, round_idx: int = 0) -> Aggregator:
+                    uplink: Uplink | None = None, round_idx: int = 0, pipeline: Pipeline | None = None) -> Aggregator:
     if transport == "allreduce":
-        return SumAggregator(strategy, comm, dim, device, min_clients, privacy, uplink, round_idx)
-    return GatherAggregator(strategy, comm, dim, device, rows_per_rank, min_clients, uplink, round_idx)
+        return SumAggregator(strategy, comm, dim, device, min_clients, privacy, uplink, round_idx, pipeline)
+    return GatherAggregator(strategy, comm, dim, device, rows_per_rank, min_clients, uplink, round_idx, pipeline)

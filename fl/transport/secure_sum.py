@@ -24,8 +24,9 @@ A round, as this transport runs it (Bonawitz et al. 2017, semi-honest setting):
    missing client fails: the global model and server state stay unchanged, the missing
    clients are named in the log, and the round counts as skipped.
 
-Under DP-FedAvg each client also adds its share of the Gaussian noise, so nobody sees the
-noiseless sum. Ranks exchange only masked vectors, public keys, sealed shares, the revealed
+Under DP-FedAvg each client also adds its share of the Gaussian noise (the update pipeline's
+:class:`~fl.transport.pipeline.ClientDP` with shares), so nobody sees the noiseless sum. The
+transport hands the server step the decoded sum; the division happens there. Ranks exchange only masked vectors, public keys, sealed shares, the revealed
 shares and the clear counters.
 """
 
@@ -39,6 +40,7 @@ import torch
 
 from fl.engine.server import Combined
 from fl.transport.counters import WIDTH, Counters
+from fl.transport.pipeline import Pipeline
 from fl.transport.plain import Aggregator
 from fl.runtime.comm import Comm
 from fl.privacy.dp_fedavg import DPFedAvg
@@ -59,8 +61,8 @@ class SecureSumAggregator(Aggregator):
     def __init__(self, strategy: Strategy, comm: Comm, dim: int, device: torch.device, cohort: list[int],
                  hosted: list[int], round_idx: int, frac_bits: int, min_clients: int = 1,
                  privacy: DPFedAvg | None = None, recover: bool = False, threshold: float = 0.5,
-                 uplink: Uplink | None = None) -> None:
-        super().__init__(strategy, comm, dim, device, min_clients, privacy, uplink, round_idx)
+                 uplink: Uplink | None = None, pipeline: Pipeline | None = None) -> None:
+        super().__init__(strategy, comm, dim, device, min_clients, privacy, uplink, round_idx, pipeline)
         if self.uplink.active and not isinstance(self.uplink.codec, Quantize):
             raise ValueError(f"secure aggregation sums quantized integers or fixed point, not {self.uplink.codec.name}")
         self.fixed, self.round_idx, self.recover = FixedPoint(frac_bits), round_idx, recover
@@ -104,24 +106,18 @@ class SecureSumAggregator(Aggregator):
         """Counters that travel in the clear (none reveals a client's update)."""
         self.buf[self.length:self.length + WIDTH] += counters.encode(dtype=torch.int64)
 
+    noise_shares = True  # under DP each client adds its share of the noise (fl.transport.pipeline.ClientDP)
+
     def add(self, update: ClientUpdate) -> None:
-        out = self._client_vector(update)
+        out = self.pipeline.client(self.strategy.client_vector(update), self._counters(update), update.client_id)
         if out is None:
             self._count(Counters(rejected=1))
             return
         v, counters = out
-        noise = None
-        if self.privacy is not None:
-            noise, count_noise = self.privacy.noise_share(self.vdim, self.round_idx, update.client_id)
-            counters = counters.replace(unclipped=float(counters.unclipped) + count_noise)
         if self.uplink.active:  # clip -> noise share -> rotate -> quantize (in combine) -> mask
-            if noise is not None:
-                v = (v.double() + noise.to(v.device)).float()
-            self.pending.append((update.client_id, self.uplink.prepare(update.client_id, v), counters))
+            self.pending.append((update.client_id, v, counters))
             return
         x = torch.cat([v.double() * float(counters.weight), counters.encode(v.device, torch.float64)]).cpu()
-        if noise is not None:
-            x[:self.vdim] += noise
         largest = float(x.abs().max())
         if largest * len(self.cohort) >= self.fixed.limit:
             log.warning("client %d: an entry of magnitude %.3g does not fit secagg.frac_bits=%d for %d clients "
@@ -176,7 +172,7 @@ class SecureSumAggregator(Aggregator):
         survivors = [cid for cid, s in zip(self.cohort, sent, strict=True) if s]
         missing = [cid for cid, s in zip(self.cohort, sent, strict=True) if not s]
         failed = bool(missing) and (not self.recover or len(survivors) < self.t)
-        aggregate, masked, fraction = torch.zeros(self.vdim, dtype=torch.float64), Counters(), None
+        aggregate, masked = torch.zeros(self.vdim, dtype=torch.float64), Counters()
         if failed:
             if self.comm.is_main:
                 why = (f"only {len(survivors)} sent, fewer than the threshold of {self.t}" if self.recover else
@@ -196,16 +192,10 @@ class SecureSumAggregator(Aggregator):
                 head = self.uplink.head
                 codes = ring(masked_sum)[:head].bitwise_and((1 << self.code_bits) - 1)
                 summed = self.uplink.codec.dequantize(codes.double(), masked.weight, self.scale)  # type: ignore[attr-defined]
-                aggregate = self.uplink.back(torch.cat([summed, aggregate[head:]])).double()
-            if self.privacy is not None:
-                fraction = float(masked.unclipped) / self.privacy.expected_clients
-                aggregate = aggregate / self.privacy.expected_clients
-            elif masked.weight > 0:
-                aggregate = aggregate / masked.weight
+                aggregate = torch.cat([summed, aggregate[head:]])
         counters = masked.replace(rejected=clear.rejected, dropped=clear.dropped, late=clear.late, stop=clear.stop,
                                   uplink_bytes=clear.uplink_bytes)
-        return Combined(aggregate.to(device=self.device, dtype=torch.float32), counters, nbytes, failed=failed,
-                        unclipped_fraction=fraction)
+        return Combined(aggregate, counters, nbytes, failed=failed, summed=True)  # float64: divided in the server step
 
     def _unmask(self, survivors: list[int], missing: list[int]) -> torch.Tensor:
         """Collective: survivors reveal their share of each survivor's self-mask seed and of each
