@@ -25,6 +25,7 @@ import torch
 from fl.training.local import local_train
 from fl.data.federation import ClientShard
 from fl.training.flat import FlatModel
+from fl.training.job import LocalJob
 from fl.types import ClientTask, ClientUpdate, StrategyContext
 
 
@@ -45,10 +46,24 @@ class Strategy:
         """Load the model client ``client_id`` uses after round ``round_idx`` into ``fm`` (default: global)."""
         fm.load_(global_flat)
 
+    def local_job(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, task: ClientTask) -> LocalJob:
+        """What the client's local training does: where it starts, its plan, a term added to its loss
+        (default: plain training from the global weights). Serial and batched training both run it."""
+        return LocalJob(global_flat, task)
+
+    def finish_update(self, job: LocalJob, update: ClientUpdate) -> ClientUpdate:
+        """The client's update once ``job`` has trained (default: as trained); may save client state."""
+        return update
+
+    def batch_support(self) -> str | None:
+        """Why this strategy's clients cannot be trained together (:mod:`fl.training.batched`), or ``None``."""
+        return None
+
     def client_update(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard,
                       task: ClientTask) -> ClientUpdate:
-        """Run the client's local training from the global weights."""
-        return local_train(fm, global_flat, shard, task)
+        """Run the client's local training (serially): its :meth:`local_job`, then :meth:`finish_update`."""
+        job = self.local_job(fm, global_flat, shard, task)
+        return self.finish_update(job, local_train(fm, job.start, shard, job.task, job.term))
 
     def vector_dim(self, model_dim: int) -> int:
         """Length of :meth:`client_vector` (default: the flat model; more for strategies that

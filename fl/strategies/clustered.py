@@ -30,10 +30,11 @@ from pathlib import Path
 
 import torch
 
-from fl.training.local import evaluate, local_train
+from fl.training.local import evaluate
 from fl.data.federation import ClientShard
 from fl.errors import ConfigError
 from fl.training.flat import FlatModel
+from fl.training.job import LocalJob
 from fl.training.objective import CLASSIFICATION, REGRESSION
 from fl.runtime.seeding import derive_seed, generator
 from fl.strategies.base import weighted_mean
@@ -147,11 +148,12 @@ class Clustered(FedAvg):
             losses.append(loss_sum / max(count, 1))
         return min(range(self.k), key=lambda j: losses[j])
 
-    def client_update(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard,
-                      task: ClientTask) -> ClientUpdate:
+    def local_job(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, task: ClientTask) -> LocalJob:
         j = self.cluster_of(fm, shard, task.client_id)
-        update = local_train(fm, self.models[j].to(global_flat.device), shard, task)
-        tag = torch.tensor([j, task.client_id], dtype=update.delta.dtype, device=update.delta.device)
+        return LocalJob(self.models[j].to(global_flat.device), task, state=j)
+
+    def finish_update(self, job: LocalJob, update: ClientUpdate) -> ClientUpdate:
+        tag = torch.tensor([job.state, job.task.client_id], dtype=update.delta.dtype, device=update.delta.device)
         return dataclasses.replace(update, extra=tag)
 
     def vector_dim(self, model_dim: int) -> int:

@@ -20,7 +20,7 @@ from fl.data.federation import ClientShard
 from fl.errors import ConfigError
 from fl.training.flat import FlatModel
 from fl.strategies.fedavg import FedAvg
-from fl.strategies.fedprox import proximal_term
+from fl.training.job import LocalTerm
 from fl.types import ClientTask, ClientUpdate
 
 
@@ -38,10 +38,12 @@ class Ditto(FedAvg):
         update = super().client_update(fm, global_flat, shard, task)
         saved = task.store.load(task.client_id, task.round_idx, global_flat.device)
         personal = global_flat if saved is None else saved["v"]
-        params, anchors = list(fm.module.parameters()), fm.param_views(global_flat)
-        local_train(fm, personal, shard, task, lambda: proximal_term(params, anchors, self.lam))
+        local_train(fm, personal, shard, task, LocalTerm(self.lam, global_flat[:fm.num_params]))
         task.store.save(task.client_id, task.round_idx, {"v": fm.flat})
         return update
+
+    def batch_support(self) -> str | None:
+        return "strategy=ditto trains a personal model after the global one; its clients train one at a time"
 
     def personal_model(self, fm: FlatModel, global_flat: torch.Tensor, client_id: int, round_idx: int,
                        store: object, shard: ClientShard) -> None:

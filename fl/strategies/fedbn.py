@@ -48,6 +48,9 @@ class FedBN(FedAvg):
         task.store.save(task.client_id, task.round_idx, {"bn": fm.flat[self.local]})
         return update
 
+    def batch_support(self) -> str | None:
+        return "strategy=fedbn keeps each client's BatchNorm statistics; its clients train one at a time"
+
     def client_vector(self, update: ClientUpdate) -> torch.Tensor:
         return update.delta.masked_fill(self.local, 0.0)
 

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from fl.training.local import local_train
 from fl.data.federation import ClientShard
 from fl.errors import ConfigError
 from fl.training.flat import FlatModel
+from fl.training.job import LocalJob, LocalTerm, proximal_term
 from fl.strategies.fedavg import FedAvg
-from fl.types import ClientTask, ClientUpdate
+from fl.types import ClientTask
 
-
-def proximal_term(params: list[torch.Tensor], anchors: list[torch.Tensor], mu: float) -> torch.Tensor:
-    """``mu/2 * sum ||p - a||^2`` over parameter tensors (differentiable in ``params``)."""
-    return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
+__all__ = ["FedProx", "proximal_term"]
 
 
 class FedProx(FedAvg):
@@ -31,9 +28,7 @@ class FedProx(FedAvg):
             raise ConfigError("strategy.mu", mu, "must be >= 0 (0 is FedAvg)")
         self.mu = float(mu)
 
-    def client_update(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard,
-                      task: ClientTask) -> ClientUpdate:
+    def local_job(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, task: ClientTask) -> LocalJob:
         if self.mu == 0:
-            return super().client_update(fm, global_flat, shard, task)
-        params, anchors = list(fm.module.parameters()), fm.param_views(global_flat)
-        return local_train(fm, global_flat, shard, task, lambda: proximal_term(params, anchors, self.mu))
+            return super().local_job(fm, global_flat, shard, task)
+        return LocalJob(global_flat, task, LocalTerm(self.mu, global_flat[:fm.num_params]))

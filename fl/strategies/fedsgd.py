@@ -18,8 +18,9 @@ import torch
 from fl.data.federation import ClientShard
 from fl.errors import ConfigError
 from fl.training.flat import FlatModel
+from fl.training.job import LocalJob
 from fl.strategies.fedavg import FedAvg
-from fl.types import ClientTask, ClientUpdate, LocalTraining
+from fl.types import ClientTask, LocalTraining
 
 
 class FedSGD(FedAvg):
@@ -29,7 +30,6 @@ class FedSGD(FedAvg):
             raise ConfigError("strategy.batch_size", batch_size, "must be >= 1, or null for the full local data")
         self.batch_size = batch_size
 
-    def client_update(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard,
-                      task: ClientTask) -> ClientUpdate:
+    def local_job(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, task: ClientTask) -> LocalJob:
         plan = LocalTraining(1, 1, self.batch_size or shard.num_train)
-        return super().client_update(fm, global_flat, shard, dataclasses.replace(task, plan=plan))
+        return super().local_job(fm, global_flat, shard, dataclasses.replace(task, plan=plan))

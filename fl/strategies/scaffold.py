@@ -19,10 +19,10 @@ import dataclasses
 
 import torch
 
-from fl.training.local import local_train
 from fl.data.federation import ClientShard
 from fl.errors import ConfigError
 from fl.training.flat import FlatModel
+from fl.training.job import LocalJob, LocalTerm
 from fl.strategies.fedavg import FedAvg
 from fl.types import ClientTask, ClientUpdate, StrategyContext
 
@@ -53,16 +53,16 @@ class Scaffold(FedAvg):
     def client_weight(self, update: ClientUpdate) -> float:
         return 1.0
 
-    def client_update(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard,
-                      task: ClientTask) -> ClientUpdate:
+    def local_job(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, task: ClientTask) -> LocalJob:
         c = self._server_c(global_flat)
         saved = task.store.load(task.client_id, task.round_idx, global_flat.device)
         c_i = torch.zeros_like(global_flat) if saved is None else saved["c"]
-        params, correction = list(fm.module.parameters()), fm.param_views(c - c_i)
-        update = local_train(fm, global_flat, shard, task,
-                             lambda: sum((p * v).sum() for p, v in zip(params, correction, strict=True)))
+        return LocalJob(global_flat, task, LocalTerm(linear=(c - c_i)[:fm.num_params]), state=(c, c_i))
+
+    def finish_update(self, job: LocalJob, update: ClientUpdate) -> ClientUpdate:
+        c, c_i = job.state
         c_i_new = c_i - c - update.delta / (max(update.num_steps, 1) * self.lr)
-        task.store.save(task.client_id, task.round_idx, {"c": c_i_new})
+        job.task.store.save(job.task.client_id, job.task.round_idx, {"c": c_i_new})
         return dataclasses.replace(update, extra=c_i_new - c_i)
 
     def client_vector(self, update: ClientUpdate) -> torch.Tensor:

@@ -7,7 +7,7 @@ trains identically whichever rank hosts it.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
@@ -17,6 +17,7 @@ from fl.data.datasets import TensorData
 from fl.data.stream import StreamData, batches, chunks
 from fl.training.cohort import local_steps
 from fl.training.flat import FlatModel
+from fl.training.job import LocalTerm
 from fl.privacy.dp_sgd import dp_sgd, poisson_batches
 from fl.training.objective import CLASSIFICATION, eval_sums, loss as objective_loss
 from fl.runtime.seeding import derive_seed, generator
@@ -41,14 +42,11 @@ def batch_indices(n: int, plan: LocalTraining, g: torch.Generator, device: torch
             return
 
 
-ExtraLoss = Callable[[], torch.Tensor]
-
-
 def local_train(fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, task: ClientTask,
-                extra_loss: ExtraLoss | None = None) -> ClientUpdate:
+                term: LocalTerm | None = None) -> ClientUpdate:
     """Train ``fm`` from ``global_flat`` on the client's training split; return its delta.
 
-    ``extra_loss`` (e.g. FedProx's proximal term) is added to every mini-batch loss; the
+    ``term`` (e.g. FedProx's proximal term) is added to every mini-batch loss; the
     reported training loss is the data loss alone. With ``task.dp`` the steps are DP-SGD
     steps on Poisson batches (:mod:`fl.privacy.dp_sgd`).
     """
@@ -61,6 +59,8 @@ def local_train(fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, ta
     opt = task.make_optimizer(list(model.parameters()))
     aug = task.augment if task.augment is not None and task.augment.active else None
     g_aug = None if aug is None else generator(task.seed, "augment", task.round_idx, task.client_id, device=device)
+    params = list(model.parameters())
+    extra_loss = None if term is None else (lambda: term.loss(params, fm.param_views))
     idx = shard.train_idx
     loss_sum = torch.zeros((), device=device)
     seen = steps = 0
