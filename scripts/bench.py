@@ -1,13 +1,21 @@
 """Seconds per round: fl vs a minimal framework-free torch.distributed FedAvg, same workload.
 
-Workload (conf/experiment/bench.yaml): real MNIST, `cnn`, 100 clients, 10 per round, E=1, B=32,
-SGD lr 0.05, 20 rounds, 2 ranks on this machine. Both programs time their round loop only
-(after data loading and process-group set-up); fl's time includes all its per-round work
-(sampling, bookkeeping, TensorBoard logging) but not the final evaluation. Start-up, from
-launching torchrun to the first round (imports, Hydra, data, partition, model), is reported for
-both programs and for fl's default job (`make run`'s: digits, mlp).
+Two workloads, each run through every program in the same invocation, interleaved:
 
-    python scripts/bench.py [--nproc 2] [--repeats 5] [--data-root DIR]
+* cross-silo (conf/experiment/bench.yaml): real MNIST, `cnn`, 100 clients of 600 images, 10 per
+  round, E=1, B=32, SGD lr 0.05, 20 rounds;
+* cross-device (conf/experiment/bench_cross_device.yaml): 1,000 clients of 60 images, 50 per
+  round, E=1, B=10 (six local steps per client), 30 rounds.
+
+Programs: `scripts/minimal_fedavg.py` (a tight sequential loop per client), fl with its default
+`fl.client_batch=auto` (clients trained together, fl/training/batched.py) and fl with
+`fl.client_batch=off` (one client after another). All time their round loop only (after data
+loading and process-group set-up); fl's time includes all its per-round work (sampling,
+bookkeeping, TensorBoard logging) but not the final evaluation. Start-up, from launching torchrun
+to the first round, is reported for the cross-silo programs and fl's default job (`make run`'s).
+
+    python scripts/bench.py [--nproc 2] [--repeats 5] [--workload cross-silo|cross-device|both]
+    python scripts/bench.py --scaling [--rounds 5]    # s/round for 1, 2, 4 ranks x 10, 50, 200 clients/round
 
 MNIST comes from --data-root, else from ../shared/data copied to ./data (offline).
 """
@@ -53,65 +61,98 @@ def torchrun(nproc: int, *args: str) -> tuple[subprocess.CompletedProcess, float
     return proc, launched
 
 
-def run_fl(nproc: int, root: Path | None, rounds: int, *overrides: str) -> dict:
+WORKLOADS = {
+    "cross-silo": {"experiment": "bench", "rounds": 20, "minimal": ("--clients=100", "--per-round=10", "--batch-size=32"),
+                   "text": "MNIST cnn, 100 clients x 600, 10/round, E=1, B=32, lr 0.05"},
+    "cross-device": {"experiment": "bench_cross_device", "rounds": 30,
+                     "minimal": ("--clients=1000", "--per-round=50", "--batch-size=10"),
+                     "text": "MNIST cnn, 1000 clients x 60, 50/round, E=1, B=10, lr 0.05"},
+}
+
+
+def run_fl(nproc: int, root: Path | None, rounds: int, *overrides: str, experiment: str = "bench") -> dict:
     """fl's round time, and its start-up: from launching torchrun to the first round (imports, Hydra,
     data, partition, model)."""
-    job = ("experiment=bench", f"data.root={root}") if root is not None else ()
+    job = (f"experiment={experiment}", f"data.root={root}") if root is not None else ()
     with tempfile.TemporaryDirectory(prefix="fl-bench-") as tmp:
         _, launched = torchrun(nproc, "train.py", *job, f"fl.rounds={rounds}", *overrides, f"hydra.run.dir={tmp}")
         info = json.loads((Path(tmp) / "run.json").read_text())
     return {"round_s": info["train_s"] / info["rounds_run"], "round_cpu_s": info["train_cpu_s"] / info["rounds_run"],
-            "test_accuracy": info["final"]["test_accuracy"], "startup_s": info["rounds_started_unix"] - launched}
+            "test_accuracy": info["final"]["test_accuracy"], "startup_s": info["rounds_started_unix"] - launched,
+            "client_training": info.get("client_training")}
 
 
-def run_minimal(nproc: int, root: Path, rounds: int) -> dict:
-    proc, launched = torchrun(nproc, "scripts/minimal_fedavg.py", f"--data-root={root}", f"--rounds={rounds}")
+def run_minimal(nproc: int, root: Path, rounds: int, *args: str) -> dict:
+    proc, launched = torchrun(nproc, "scripts/minimal_fedavg.py", f"--data-root={root}", f"--rounds={rounds}", *args)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     return {**out, "startup_s": out["rounds_started_unix"] - launched}
+
+
+def compare(name: str, a: argparse.Namespace, root: Path) -> dict:
+    """The workload through the minimal program, batched fl and serial fl, ``a.repeats`` times, interleaved."""
+    w = WORKLOADS[name]
+    rounds = a.rounds or w["rounds"]
+    runs: dict[str, list[dict]] = {"minimal": [], "fl_batched": [], "fl_serial": [], "fl_default_job": []}
+    for i in range(a.repeats):  # interleaved, so drift in machine load hits all alike
+        runs["minimal"].append(run_minimal(a.nproc, root, rounds, *w["minimal"]))
+        runs["fl_batched"].append(run_fl(a.nproc, root, rounds, experiment=w["experiment"]))
+        runs["fl_serial"].append(run_fl(a.nproc, root, rounds, "fl.client_batch=off", experiment=w["experiment"]))
+        if name == "cross-silo":  # the default job (make run): start-up only
+            runs["fl_default_job"].append(run_fl(a.nproc, None, 1, "runtime.progress=false"))
+        print(f"{name} repeat {i + 1}: " + ", ".join(f"{k} {v[-1]['round_s']:.4f} s/round" for k, v in runs.items()
+                                                     if v and k != "fl_default_job"), flush=True)
+    med = lambda k, key: round(statistics.median(r[key] for r in runs[k]), 4)  # noqa: E731
+    # Wall time on a small shared machine drifts by 10-30% between runs, so each fl run is compared
+    # with the minimal run just before it (paired ratios), and so is rank 0's CPU time (the work
+    # done: gloo waits block, they do not spin), which drifts far less.
+    paired = lambda k, key="round_s": [round(f[key] / m[key], 3) for f, m in zip(runs[k], runs["minimal"])]  # noqa: E731
+    out = {"workload": f"{w['text']}, {rounds} rounds, {a.nproc} ranks", "repeats": a.repeats,
+           "client_training": runs["fl_batched"][0]["client_training"]}
+    for k in ("minimal", "fl_batched", "fl_serial"):
+        out[k] = {"round_s_median": med(k, "round_s"), "round_cpu_s_median": med(k, "round_cpu_s"),
+                  "test_accuracy": med(k, "test_accuracy")}
+        if k != "minimal":
+            out[k]["vs_minimal_paired_median"] = round(statistics.median(paired(k)), 3)
+            out[k]["vs_minimal_paired_all"] = paired(k)
+            out[k]["cpu_vs_minimal_paired_median"] = round(statistics.median(paired(k, "round_cpu_s")), 3)
+    out["batched_vs_serial_paired_median"] = round(statistics.median(
+        b["round_s"] / s["round_s"] for b, s in zip(runs["fl_batched"], runs["fl_serial"])), 3)
+    if name == "cross-silo":
+        out["startup_s_median"] = {"minimal_mnist": med("minimal", "startup_s"), "fl_mnist_bench": med("fl_batched", "startup_s"),
+                                   "fl_default_job": med("fl_default_job", "startup_s")}
+    return out
+
+
+def scaling(a: argparse.Namespace, root: Path) -> None:
+    """Seconds per round of the cross-device clients (60 images, B=10, E=1) for 1, 2 and 4 ranks and
+    10, 50 and 200 clients per round, batched and serial."""
+    rounds = a.rounds or 5
+    print("| ranks | clients/round | batched s/round | serial s/round | batched / serial |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for nproc in (1, 2, 4):
+        for per_round in (10, 50, 200):
+            common = (f"fl.clients_per_round={per_round}",)
+            b = run_fl(nproc, root, rounds, *common, experiment="bench_cross_device")
+            s = run_fl(nproc, root, rounds, *common, "fl.client_batch=off", experiment="bench_cross_device")
+            print(f"| {nproc} | {per_round} | {b['round_s']:.3f} | {s['round_s']:.3f} | {b['round_s'] / s['round_s']:.2f} |",
+                  flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=None, help="default: the workload's (20 cross-silo, 30 cross-device)")
+    p.add_argument("--workload", choices=("cross-silo", "cross-device", "both"), default="both")
+    p.add_argument("--scaling", action="store_true", help="the ranks x clients-per-round table instead")
     p.add_argument("--data-root")
     a = p.parse_args()
     root = data_root(a.data_root)
-    fl_s, min_s, fl_cpu, min_cpu, fl_acc, min_acc = [], [], [], [], [], []
-    fl_up, min_up, default_up = [], [], []
-    for i in range(a.repeats):  # interleaved, so drift in machine load hits both alike
-        m = run_minimal(a.nproc, root, a.rounds)
-        f = run_fl(a.nproc, root, a.rounds)
-        d = run_fl(a.nproc, None, 1, "runtime.progress=false")  # the default job (make run): start-up only
-        min_up.append(m["startup_s"]), fl_up.append(f["startup_s"]), default_up.append(d["startup_s"])
-        min_s.append(m["round_s"]), fl_s.append(f["round_s"])
-        min_cpu.append(m["round_cpu_s"]), fl_cpu.append(f["round_cpu_s"])
-        min_acc.append(m["test_accuracy"]), fl_acc.append(f["test_accuracy"])
-        print(f"repeat {i + 1}: fl {f['round_s']:.4f} s/round ({f['round_cpu_s']:.4f} CPU s), "
-              f"minimal {m['round_s']:.4f} s/round ({m['round_cpu_s']:.4f} CPU s)", flush=True)
-    # Wall time on a small shared machine drifts by 10-30% between runs, so each fl run is compared
-    # with the minimal run just before it (paired ratios), the fastest runs are compared too, and so is
-    # rank 0's CPU time (the work done: gloo waits block, they do not spin), which drifts far less.
-    ratios = [f / m for f, m in zip(fl_s, min_s, strict=True)]
-    cpu_ratios = [f / m for f, m in zip(fl_cpu, min_cpu, strict=True)]
-    print(json.dumps({
-        "workload": f"MNIST cnn, 100 clients, 10/round, E=1, B=32, lr 0.05, {a.rounds} rounds, {a.nproc} ranks",
-        "fl_round_s_median": round(statistics.median(fl_s), 4),
-        "minimal_round_s_median": round(statistics.median(min_s), 4),
-        "ratio_paired_median": round(statistics.median(ratios), 3),
-        "ratio_paired_all": [round(r, 3) for r in ratios],
-        "ratio_of_fastest": round(min(fl_s) / min(min_s), 3),
-        "fl_round_cpu_s_median": round(statistics.median(fl_cpu), 4),
-        "minimal_round_cpu_s_median": round(statistics.median(min_cpu), 4),
-        "cpu_ratio_paired_median": round(statistics.median(cpu_ratios), 3),
-        "cpu_ratio_paired_all": [round(r, 3) for r in cpu_ratios],
-        "fl_test_accuracy": round(statistics.median(fl_acc), 4),
-        "minimal_test_accuracy": round(statistics.median(min_acc), 4), "repeats": a.repeats,
-        "startup_s_median": {"minimal_mnist": round(statistics.median(min_up), 2),
-                             "fl_mnist_bench": round(statistics.median(fl_up), 2),
-                             "fl_default_job": round(statistics.median(default_up), 2)},
-    }, indent=2))
+    if a.scaling:
+        scaling(a, root)
+        return
+    names = list(WORKLOADS) if a.workload == "both" else [a.workload]
+    print(json.dumps({name: compare(name, a, root) for name in names}, indent=2))
 
 
 if __name__ == "__main__":

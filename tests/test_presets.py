@@ -25,7 +25,9 @@ def test_experiments_compose_and_validate(experiment, tmp_path):
         return
     cfg = make_cfg(f"experiment={experiment}", f"data.root={tmp_path}")  # download=true: files not needed yet
     validate(cfg, 2)
-    assert option_name("data", cfg.data) == "mnist" and cfg.fl.num_clients == 100 and cfg.fl.clients_per_round == 10
+    sizes = {"bench_cross_device": (1000, 50, 10), "bench": (100, 10, 32)}.get(experiment, (100, 10, 10))  # E=5, B=10 presets
+    assert option_name("data", cfg.data) == "mnist" and \
+        (cfg.fl.num_clients, cfg.fl.clients_per_round, cfg.train.batch_size) == sizes
 
 
 def test_mcmahan_presets_match_the_paper():

@@ -304,7 +304,7 @@ def build_local_dp(cfg: DictConfig, strategy: Strategy) -> LocalDP | None:
     settings = build_privacy_settings(cfg)
     if not isinstance(settings, LocalDP):
         return None
-    if type(strategy).client_update is not Strategy.client_update:
+    if strategy.changes_local_training:
         raise ConfigError("privacy", option_name("privacy", cfg.privacy), f"clips per-example gradients of the "
                           f"data loss, but {type(strategy).__name__} changes local training; use fedavg, fedavgm, "
                           f"fedadam, fedsgd, norm_bound or a robust aggregator")

@@ -88,6 +88,10 @@ def validate(cfg: DictConfig, world_size: int, rank: int = 0) -> None:
         log.warning("fl.eval_clients=%d has no effect: fl.holdout_fraction=0 leaves no held-out data",
                     cfg.fl.eval_clients)
     _int(cfg, "fl.min_client_samples", 1)
+    batch = cfg.fl.client_batch
+    if batch not in ("auto", "off") and not (isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1):
+        raise ConfigError("fl.client_batch", batch, "must be auto, off or a number of clients >= 1 per chunk")
+    _number(cfg, "fl.client_batch_memory_mb", 0, low_open=True, allowed="must be a number of megabytes > 0")
     _int(cfg, "fl.checkpoint_every", 0)
     _int(cfg, "fl.keep_checkpoints", 1)
     hf = cfg.fl.holdout_fraction

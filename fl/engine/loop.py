@@ -32,6 +32,7 @@ from fl.compression.downlink import Downlink
 from fl.compression.uplink import Uplink
 from fl.config.build import Federation, Job, build_adversary, build_augment, build_codec, build_federation, \
     build_flat_model, build_local_dp, build_privacy, build_privacy_settings, build_secagg, check_trainable, prepare
+from fl.training.clients import ClientTraining
 from fl.training.local import local_train
 from fl.training.store import ClientStore
 from fl.training.cohort import assign, client_epochs, drops_out, local_steps, sample_cohort, slowdown
@@ -49,6 +50,7 @@ from fl.engine.resume import Resume, decide, fingerprint
 from fl.engine.rundir import Existing, agree_run_dir
 from fl.runtime.env import DistEnv, process_group
 from fl.strategies.base import Strategy
+from fl.data.federation import ClientShard
 from fl.types import ClientTask, LocalTraining, OptimizerFactory, RoundResult
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ def run(cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, init_method:
         if rounds.resume.complete:
             return _already_complete(comm, run_dir, existing)
         info = {**_run_info(cfg, comm, job), "input_shape": list(rounds.fed.spec.input_shape),
-                "num_classes": rounds.fed.spec.num_classes}
+                "num_classes": rounds.fed.spec.num_classes, "client_training": rounds.clients.describe()}
         if comm.is_main:
             setup_logging(env.rank, cfg.runtime.log_level, run_dir / "train.log")
             rundir.write_hydra_files(run_dir, hydra_files or {})
@@ -177,6 +179,10 @@ class Rounds:
                                      int(cfg.fl.keep_checkpoints)) if self.uplink_codec.keeps_residual else None
         self.resume = Resume(0)
         self.global_flat = fm.flat.detach().clone()
+        per_rank = -(-int(cfg.fl.clients_per_round) // comm.world_size)
+        self.clients = ClientTraining(cfg.fl.client_batch, float(cfg.fl.client_batch_memory_mb), fm, strategy,
+                                      make_optimizer, list(fed.shards.values()), fed.spec.input_shape, fed.spec.task,
+                                      self.plan.batch_size, self.local_dp, per_rank, comm.is_main)
 
     def set_up(self, existing: Existing) -> None:
         """Collective, before anything is written: the resume decision (may refuse) and the DP budget."""
@@ -279,17 +285,19 @@ class Rounds:
         else:
             agg = make_aggregator(self.transport, self.strategy, comm, len(self.fm), self.device,
                                   max(len(r) for r in by_rank), int(cfg.fl.min_clients_per_round), pipeline=pipeline)
+        training: list[tuple[ClientShard, ClientTask]] = []
         for cid, plan, fate in self._fates(rnd, by_rank[comm.rank]):
             if fate != "train":
                 agg.drop(cid, late=fate == "late")
                 continue
             shard = self.fed.shards[cid]
-            task = ClientTask(cid, rnd, cfg.seed, plan, self.make_optimizer, self.store, self.local_dp, self.augment,
-                              self.fed.spec.task)
-            update = self.strategy.client_update(self.fm, received, self.attack.training_shard(cid, shard), task)
-            agg.add(update)  # the pipeline applies the attack of a malicious client
+            training.append((self.attack.training_shard(cid, shard),
+                             ClientTask(cid, rnd, cfg.seed, plan, self.make_optimizer, self.store, self.local_dp,
+                                        self.augment, self.fed.spec.task)))
             if self.accountant is not None:
                 self.accountant.record(cid, shard.num_train, _steps(shard.num_train, plan))
+        for update in self.clients.train(self.strategy, self.fm, received, training):  # batched or one by one
+            agg.add(update)  # the pipeline applies the attack of a malicious client
         combined = agg.combine(rnd, self.stop.requested)  # the transport: move and combine numbers
         result = server_step(self.strategy, pipeline, int(cfg.fl.min_clients_per_round), rnd, global_flat, combined)
         self.downlink.send(rnd, result.new_global)

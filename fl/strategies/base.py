@@ -34,6 +34,7 @@ class Strategy:
 
     is_weighted_mean: bool = True
     personalizes: bool = False  # clients evaluate their own models (see personal_model)
+    changes_local_training: bool = False  # adds to the local loss, or trains more than the global model (not DP-SGD)
 
     def check(self, ctx: StrategyContext) -> None:
         """Refuse, before any work, a setting this strategy cannot work with (ConfigError)."""

@@ -90,6 +90,7 @@ def per_cluster_mean(vectors: torch.Tensor, weights: torch.Tensor, labels: torch
 class Clustered(FedAvg):
     is_weighted_mean = False
     personalizes = True
+    changes_local_training = True
 
     def __init__(self, num_clusters: int = 2, assignment: str = "loss", warmup_rounds: int = 2,
                  server_lr: float = 1.0) -> None:

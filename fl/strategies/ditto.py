@@ -25,6 +25,7 @@ from fl.types import ClientTask, ClientUpdate
 
 
 class Ditto(FedAvg):
+    changes_local_training = True
     personalizes = True
 
     def __init__(self, lam: float = 0.1, server_lr: float = 1.0) -> None:

@@ -24,6 +24,7 @@ from fl.types import ClientTask, ClientUpdate
 
 class FedBN(FedAvg):
     personalizes = True
+    changes_local_training = True
 
     def __init__(self, server_lr: float = 1.0) -> None:
         super().__init__(server_lr)

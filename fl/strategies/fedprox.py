@@ -22,6 +22,7 @@ __all__ = ["FedProx", "proximal_term"]
 
 
 class FedProx(FedAvg):
+    changes_local_training = True
     def __init__(self, mu: float = 0.01, server_lr: float = 1.0) -> None:
         super().__init__(server_lr)
         if not mu >= 0:

@@ -28,6 +28,7 @@ from fl.types import ClientTask, ClientUpdate, StrategyContext
 
 
 class Scaffold(FedAvg):
+    changes_local_training = True
     is_weighted_mean = True  # the unweighted mean: every client weighs 1
 
     def __init__(self, server_lr: float = 1.0) -> None:

@@ -47,6 +47,14 @@ def loss(out: torch.Tensor, y: torch.Tensor, task: str = CLASSIFICATION) -> torc
     return F.cross_entropy(out, y)
 
 
+def per_sample_loss(out: torch.Tensor, y: torch.Tensor, task: str = CLASSIFICATION) -> torch.Tensor:
+    """The loss of each sample ``[B]``; their mean is :func:`loss` (regression: over the target's entries)."""
+    if task == REGRESSION:
+        err = (_prediction(out) - y) ** 2
+        return err.reshape(err.shape[0], -1).mean(1)
+    return F.cross_entropy(out, y, reduction="none")
+
+
 def eval_sums(out: torch.Tensor, y: torch.Tensor, task: str = CLASSIFICATION) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss_sum, correct)`` for classification, ``(squared_error_sum, absolute_error_sum)`` for regression."""
     if task == REGRESSION:
