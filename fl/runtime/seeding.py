@@ -29,3 +29,19 @@ def generator(seed: int, *labels: object, device: torch.device | str = "cpu") ->
     g = torch.Generator(device=device)
     g.manual_seed(derive_seed(seed, *labels))
     return g
+
+
+def seed_global(seed: int, *labels: object, device: torch.device | str = "cpu") -> None:
+    """Seed the global generator that random ops on ``device`` draw from (dropout), and only it.
+
+    ``torch.manual_seed`` would seed every device, and on a machine where CUDA (or XPU, MTIA) is
+    not initialised it queues each seeding with a formatted stack trace: milliseconds per call,
+    and a queue that grows with every client trained. One generator is all a client needs.
+    """
+    device = torch.device(device)
+    value = derive_seed(seed, *labels)
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()
+                                      ].manual_seed(value)
+    else:
+        torch.default_generator.manual_seed(value)

@@ -20,7 +20,7 @@ from fl.training.flat import FlatModel
 from fl.training.job import LocalTerm
 from fl.privacy.dp_sgd import dp_sgd, poisson_batches
 from fl.training.objective import CLASSIFICATION, eval_sums, loss as objective_loss
-from fl.runtime.seeding import derive_seed, generator
+from fl.runtime.seeding import generator, seed_global
 from fl.types import ClientTask, ClientUpdate, LocalTraining
 
 
@@ -55,7 +55,7 @@ def local_train(fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, ta
     model = fm.module
     model.train()
     g = generator(task.seed, "batches", task.round_idx, task.client_id, device=device)
-    torch.manual_seed(derive_seed(task.seed, "dropout", task.round_idx, task.client_id))  # dropout
+    seed_global(task.seed, "dropout", task.round_idx, task.client_id, device=device)  # dropout
     opt = task.make_optimizer(list(model.parameters()))
     aug = task.augment if task.augment is not None and task.augment.active else None
     g_aug = None if aug is None else generator(task.seed, "augment", task.round_idx, task.client_id, device=device)
@@ -80,7 +80,11 @@ def local_train(fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard, ta
             if aug is not None:
                 xb = augment(xb, aug, g_aug)
             loss = objective_loss(model(xb), yb, task.objective)
-            opt.zero_grad(set_to_none=True)
+            if task.dp is None:  # cheaper than opt.zero_grad(), which enters a dynamo-disabled frame each call
+                for p in params:
+                    p.grad = None
+            else:
+                opt.zero_grad(set_to_none=True)  # Opacus also clears its per-example gradients
             (loss if extra_loss is None else loss + extra_loss()).backward()
             opt.step()
             loss_sum += loss.detach() * rows.numel()  # stays on device: no sync per batch
