@@ -72,12 +72,13 @@ def test_batched_clients_equal_serial_clients_with_unequal_sizes_and_epochs(mode
     trainer = BatchedTrainer(fm, SGD.of(make), "classification", (1, 8, 8), memory_mb=1024, max_clients=4)
     batched = trainer.train([(LocalJob(start, task), shard) for shard, task in zip(shards, tasks)])
     assert len({u.num_steps for u in serial}) > 3, "clients must differ in their number of steps"
+    assert trainer.train([]) == []  # a rank whose clients all dropped out
     _assert_same(serial, batched)
     assert float(serial[0].delta.norm()) > 1e-3
 
 
 def test_dropout_masks_come_from_each_clients_stream():
-    """Swap two clients' seeds and the batched deltas must follow the streams, not the positions."""
+    """The masks follow each client's (seed, round, client) stream, equal the serial ones, and act."""
     shards = _digits_shards()
     torch.manual_seed(0)
     fm = FlatModel(_mlp_dropout())

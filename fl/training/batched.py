@@ -256,6 +256,8 @@ class BatchedTrainer:
 
     def train(self, jobs: list[tuple[LocalJob, ClientShard]]) -> list[ClientUpdate]:
         """Train the jobs (``(job, the client's training shard)``) in chunks; one update per job, in order."""
+        if not jobs:  # every client this rank hosts dropped out, or it hosts none this round
+            return []
         plans = [(_positions(job, shard, self.device), job, shard) for job, shard in jobs]
         order = sorted(range(len(plans)), key=lambda i: -len(plans[i][0]))  # stable: ties keep job order
         size = self.chunk_size(max(min(job.task.plan.batch_size, shard.num_train) for job, shard in jobs), 2)
