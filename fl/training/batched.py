@@ -43,7 +43,7 @@ from fl.data.augment import augment
 from fl.data.datasets import TensorData
 from fl.data.federation import ClientShard
 from fl.data.stream import batches
-from fl.runtime.seeding import derive_seed, generator
+from fl.runtime.seeding import generator
 from fl.training.flat import FlatModel
 from fl.training.job import LocalJob
 from fl.privacy.dp_sgd import poisson_batches
@@ -177,23 +177,24 @@ class BatchedTrainer:
         self.calls, self.activations = self._probe()
 
     # -- the per-client function vmap runs -------------------------------------------------------
-    def _loss(self, params: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
-              masks: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, params: tuple[torch.Tensor, ...], x: torch.Tensor, masks: tuple[torch.Tensor, ...]
+                 ) -> torch.Tensor:
+        """The model on ``x`` with weights ``params``, its dropout layers reading ``masks``."""
         _MASKS.masks, _MASKS.next = masks, 0
         try:
-            out = functional_call(self.module, dict(zip(self.names, params)), (x,))
+            return functional_call(self.module, dict(zip(self.names, params)), (x,))
         finally:
             _MASKS.masks = None
+
+    def _loss(self, params: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
+              masks: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self._forward(params, x, masks)
         total = (per_sample_loss(out, y, self.objective) * weight).sum()
         return total / weight.sum().clamp_min(1), total.detach()
 
     def _sample_loss(self, params: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor,
                      masks: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        _MASKS.masks, _MASKS.next = masks, 0
-        try:
-            out = functional_call(self.module, dict(zip(self.names, params)), (x[None],))
-        finally:
-            _MASKS.masks = None
+        out = self._forward(params, x[None], masks)
         loss = per_sample_loss(out, y[None], self.objective).sum()
         return loss, loss.detach()
 
@@ -277,9 +278,8 @@ class BatchedTrainer:
         prox_mu, anchor, linear = _stacked_terms([job for _, job, _ in plans], self.dim, device)
         steps = [len(pos) for pos, _, _ in plans]
         feed = _Feed(plans, device, self.input_shape)
-        drop_g = [generator(0, device=device) for _ in plans]
-        for g, (_, job, _) in zip(drop_g, plans):
-            g.manual_seed(derive_seed(job.task.seed, "dropout", job.task.round_idx, job.task.client_id))
+        drop_g = [generator(job.task.seed, "dropout", job.task.round_idx, job.task.client_id, device=device)
+                  for _, job, _ in plans]  # the stream serial training seeds the global generator with
         dp = plans[0][1].task.dp
         noise_g = [generator(job.task.seed, "dp_sgd_noise", job.task.round_idx, job.task.client_id, device=device)
                    for _, job, _ in plans] if dp is not None else []
