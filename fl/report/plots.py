@@ -1,0 +1,48 @@
+"""The report's figure: ``metric`` against round, cumulative MB communicated and training time.
+
+One line per group of runs (the mean over its seeds) and, where a group has several seeds, a
+band from their minimum to their maximum. Needs matplotlib (``pip install -e '.[plots]'``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from fl.report.runs import Run
+from fl.report.summary import curve
+
+AXES = (("round", "round", "linear"), ("comm_mb", "cumulative MB communicated (up + down)", "linear"),
+        ("time_s", "training time (s, evaluation excluded)", "linear"))
+
+
+def plot(groups: dict[str, Sequence[Run]], path: Path, metric: str = "test_accuracy", title: str = "",
+         log_mb: bool = False) -> None:
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ValueError("plots need matplotlib: pip install -e '.[plots]' (or pass --no-plot)") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(AXES), figsize=(5 * len(AXES), 4 + 0.25 * len(groups)), sharey=True)
+    for label, runs in groups.items():
+        for ax, (x, _, _) in zip(axes, AXES):
+            xs, mean, low, high = curve(runs, metric, x)
+            (line,) = ax.plot(xs, mean, label=label if len(runs) == 1 else f"{label} ({len(runs)} seeds)")
+            if len(runs) > 1:
+                ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    for ax, (x, name, scale) in zip(axes, AXES):
+        ax.set(xlabel=name, xscale="log" if x == "comm_mb" and log_mb else scale)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(metric.replace("_", " "))
+    handles, names = axes[0].get_legend_handles_labels()
+    columns = min(3, len(names))
+    legend_rows = -(-len(names) // columns)
+    fig.legend(handles, names, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, min(0.5, 0.06 * legend_rows + 0.02), 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
