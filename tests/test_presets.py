@@ -30,11 +30,44 @@ def test_experiments_compose_and_validate(experiment, tmp_path):
         (cfg.fl.num_clients, cfg.fl.clients_per_round, cfg.train.batch_size) == sizes
 
 
-def test_mcmahan_presets_match_the_paper():
-    for name, partition in (("mnist_cnn_iid", "iid"), ("mnist_cnn_noniid", "shards")):
-        cfg = make_cfg(f"experiment={name}")
-        assert (cfg.model._target_, partition_name(cfg.partition), cfg.fl.local_epochs, cfg.train.batch_size) == \
-            ("fl.models.cnn_mcmahan", partition, 5, 10)
+@pytest.mark.parametrize("row, strategy, partition, epochs, batch, rounds", [
+    ("fedsgd_iid", "fl.strategies.fedsgd.FedSGD", "iid", 1, None, 626),
+    ("fedsgd_noniid", "fl.strategies.fedsgd.FedSGD", "shards", 1, None, 483),
+    ("fedavg_iid", "fl.strategies.FedAvg", "iid", 5, 10, 20),
+    ("fedavg_noniid", "fl.strategies.FedAvg", "shards", 5, 10, 229),
+])
+def test_mcmahan_presets_match_the_paper(row, strategy, partition, epochs, batch, rounds, tmp_path):
+    """Table 2's rows: the paper's CNN, 100 clients of 600 images, C=0.1, 1.5x the paper's rounds."""
+    cfg = make_cfg(f"experiment=mcmahan/{row}", f"data.root={tmp_path}")
+    validate(cfg, 2)
+    batch_size = cfg.strategy.batch_size if "FedSGD" in strategy else cfg.train.batch_size
+    assert (cfg.model._target_, cfg.strategy._target_, partition_name(cfg.partition), cfg.fl.local_epochs,
+            batch_size) == ("fl.models.cnn_mcmahan", strategy, partition, epochs, batch)
+    assert (cfg.fl.num_clients, cfg.fl.clients_per_round, cfg.fl.holdout_fraction) == (100, 10, 0)
+    assert cfg.fl.rounds == int(1.5 * rounds + 0.5) and option_name("data", cfg.data) == "mnist"
+    if partition == "shards":
+        assert cfg.partition.shards_per_client == 2
+
+
+COMPARED = ["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold", "fednova"]
+
+
+def test_comparison_presets_share_one_workload_and_differ_in_the_strategy(tmp_path):
+    from omegaconf import OmegaConf
+
+    assert sorted(p.stem for p in (REPO / "conf" / "experiment" / "compare").glob("*.yaml")) == sorted([*COMPARED, "base"])
+    workloads = set()
+    for name in COMPARED:
+        cfg = make_cfg(f"experiment=compare/{name}", f"data.root={tmp_path}")
+        validate(cfg, 2)
+        assert option_name("strategy", cfg.strategy) == name
+        assert (option_name("data", cfg.data), partition_name(cfg.partition), cfg.partition.alpha) == \
+            ("fashion_mnist", "dirichlet", 0.1)
+        workload = OmegaConf.to_container(cfg, resolve=False)
+        workload.pop("strategy")
+        workload["optim"].pop("lr")  # tuned per strategy, the rest is shared
+        workloads.add(repr(workload))
+    assert len(workloads) == 1
 
 
 @pytest.mark.parametrize("group, options", [
