@@ -1,13 +1,14 @@
 """``python -m fl.report RUN_OR_MULTIRUN_DIR... [--out DIR] [--target 0.99]``
 
-Writes ``<out>/report.md`` (the table, and the figure under it) and ``<out>/<metric>.png``, and
-prints the table. Runs that differ only by seed are one row: mean ± standard deviation, and
-a min-max band on the curves.
+Writes ``<out>/report.md`` (the table, and the figure under it) and ``<out>/<metric>.png`` (or
+``--figure``), and prints the table. Runs that differ only by seed are one row: mean ± standard
+deviation, and a min-max band on the curves.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", type=float, default=None, help="add a 'rounds to TARGET' column")
     p.add_argument("--label", action="append", default=[], metavar="KEY",
                    help="name runs by these config keys (e.g. strategy._target_); default: their differing overrides")
+    p.add_argument("--figure", type=Path, default=None, help="where the PNG goes (default <out>/<metric>.png)")
     p.add_argument("--title", default="", help="the figure's title")
     p.add_argument("--log-mb", action="store_true", help="logarithmic MB axis (runs that compress differ 10-100x)")
     p.add_argument("--no-plot", action="store_true", help="the table only (no matplotlib needed)")
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         groups = group(runs, labels(runs, args.label))
         text = table(groups, args.metric, args.target)
         args.out.mkdir(parents=True, exist_ok=True)
-        figure = args.out / f"{args.metric}.png"
+        figure = args.figure or args.out / f"{args.metric}.png"
         if not args.no_plot:
             from fl.report.plots import plot
 
@@ -51,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fl.report: error: {e}", file=sys.stderr)
         return 2
     command = "python -m fl.report " + " ".join(sys.argv[1:] if argv is None else argv)
-    body = text + ("" if args.no_plot else f"\n![{args.metric}]({figure.name})\n") + f"\nMade by `{command}`.\n"
-    (args.out / "report.md").write_text(body)
+    image = "" if args.no_plot else f"\n![{args.metric}]({os.path.relpath(figure, args.out)})\n"
+    (args.out / "report.md").write_text(text + image + f"\nMade by `{command}`.\n")
     print(text, end="")
     return 0
 
