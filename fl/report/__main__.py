@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_plot:
             from fl.report.plots import plot
 
-            plot(groups, figure, args.metric, args.title, args.log_mb)
+            plot(groups, figure, args.metric, args.title, args.log_mb, args.target)
     except ValueError as e:
         print(f"fl.report: error: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """The report's figure: ``metric`` against round, cumulative MB communicated and training time.
 
 One line per group of runs (the mean over its seeds) and, where a group has several seeds, a
-band from their minimum to their maximum. Needs matplotlib (``pip install -e '.[plots]'``).
+band from their minimum to their maximum; the target, when there is one, as a dotted line. Needs matplotlib (``pip install -e '.[plots]'``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ AXES = (("round", "round", "linear"), ("comm_mb", "cumulative MB communicated (u
 
 
 def plot(groups: dict[str, Sequence[Run]], path: Path, metric: str = "test_accuracy", title: str = "",
-         log_mb: bool = False) -> None:
+         log_mb: bool = False, target: float | None = None) -> None:
     try:
         import matplotlib
     except ImportError as e:
@@ -34,6 +34,8 @@ def plot(groups: dict[str, Sequence[Run]], path: Path, metric: str = "test_accur
                 ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     for ax, (x, name, scale) in zip(axes, AXES):
         ax.set(xlabel=name, xscale="log" if x == "comm_mb" and log_mb else scale)
+        if target is not None:
+            ax.axhline(target, color="grey", linestyle=":", linewidth=1)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(metric.replace("_", " "))
     handles, names = axes[0].get_legend_handles_labels()

@@ -60,7 +60,8 @@ def summarize(run: Run, metric: str = "test_accuracy", target: float | None = No
                       rounds_to_target=None if target is None else rounds_to(evaluated, metric, target),
                       client_p10=float(p10[-1]) if p10 else None,
                       total_mb=cumulative(run.records, "comm_bytes")[-1] / 1e6,
-                      s_per_round=run.info.get("round_s_mean") or (statistics.fmean(seconds) if seconds else None))
+                      # every round's seconds; run.json's mean covers only the last attempt of a resumed run
+                      s_per_round=statistics.fmean(seconds) if seconds else run.info.get("round_s_mean"))
 
 
 def labels(runs: Sequence[Run], keys: Sequence[str] = ()) -> list[str]:
