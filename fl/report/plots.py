@@ -25,7 +25,9 @@ def plot(groups: dict[str, Sequence[Run]], path: Path, metric: str = "test_accur
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(AXES), figsize=(5 * len(AXES), 4 + 0.25 * len(groups)), sharey=True)
+    legend_rows = -(-len(groups) // 3)
+    height = 4 + 0.25 * legend_rows  # inches: the axes, then one line of legend per 3 groups
+    fig, axes = plt.subplots(1, len(AXES), figsize=(5 * len(AXES), height), sharey=True)
     for label, runs in groups.items():
         for ax, (x, _, _) in zip(axes, AXES):
             xs, mean, low, high = curve(runs, metric, x)
@@ -39,12 +41,10 @@ def plot(groups: dict[str, Sequence[Run]], path: Path, metric: str = "test_accur
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(metric.replace("_", " "))
     handles, names = axes[0].get_legend_handles_labels()
-    columns = min(3, len(names))
-    legend_rows = -(-len(names) // columns)
-    fig.legend(handles, names, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+    fig.legend(handles, names, loc="lower center", ncol=min(3, len(names)), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, min(0.5, 0.06 * legend_rows + 0.02), 1, 1))
+    fig.tight_layout(rect=(0, (0.22 * legend_rows + 0.1) / height, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
