@@ -70,6 +70,7 @@ def plot(rows: list[tuple[str, str, float | None, float | None, float]], path: P
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     titles = {"dp_digits": "client-level DP-FedAvg (50 clients, 10 per round)",
               "dp_silos": "sample-level DP-SGD in 5 silos"}
@@ -85,6 +86,7 @@ def plot(rows: list[tuple[str, str, float | None, float | None, float]], path: P
             if r[1] == "none":
                 ax.axhline(r[4], color="grey", linestyle="--", label="no DP")
         ax.set(xscale="log", xlabel="epsilon (log scale)", title=title)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded labels between decades
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     axes[0].set_ylabel("test accuracy")
