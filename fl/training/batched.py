@@ -376,6 +376,10 @@ class _Feed:
     def __init__(self, plans: list[tuple[list[torch.Tensor], LocalJob, ClientShard]], device: torch.device,
                  input_shape: Sequence[int]) -> None:
         self.device = device
+        # A step is padded to the clients' common batch size, not to its longest batch, so a client's
+        # arithmetic does not depend on which clients share its chunk, and so not on the world size.
+        widths = {job.task.plan.batch_size for _, job, _ in plans}
+        self.width = max(1, int(widths.pop())) if len(widths) == 1 else 1
         data = plans[0][2].data
         self.shared = data if isinstance(data, TensorData) and all(
             shard.data is data and not (job.task.augment is not None and job.task.augment.active)
@@ -393,18 +397,20 @@ class _Feed:
         if self.shared is not None:
             sel = [self.rows[i][t] for i in range(k)]
             rows = [int(r.numel()) for r in sel]
-            b = max(rows)
-            if b == 0:  # every Poisson batch of the step is empty: one padding row keeps the shapes valid
-                sel, b = [torch.zeros(1, dtype=torch.long, device=sel[0].device)] + sel[1:], 1
-            index = torch.stack(sel) if min(r.numel() for r in sel) == b else \
-                torch.nn.utils.rnn.pad_sequence(sel, batch_first=True)
+            b = max(self.width, max(rows))  # >= 1: an empty Poisson batch still has valid shapes
+            if min(rows) == b:
+                index = torch.stack(sel)
+            else:
+                index = torch.zeros(k, b, dtype=torch.long, device=sel[0].device)  # padding reads row 0, weighs 0
+                for i, r in enumerate(sel):
+                    index[i, :rows[i]] = r
             lengths = torch.tensor(rows, device=index.device)
             weight = (torch.arange(b, device=index.device) < lengths[:, None]).float()
             x, y = self.shared.x[index], self.shared.y[index]
             return x.to(self.device), y.to(self.device), weight.to(self.device), rows
         got = [next(self.feeds[i]) for i in range(k)]
         rows = [0 if xb is None else xb.shape[0] for xb, _ in got]
-        b = max(1, max(rows))  # an empty Poisson batch has no rows: padding keeps the shapes valid
+        b = max(self.width, max(rows))  # >= 1: an empty Poisson batch still has valid shapes
         x = torch.zeros((k, b, *self.x_shape), device=self.device, dtype=self.x_dtype)
         y = torch.zeros((k, b, *self.y_shape), device=self.device, dtype=self.y_dtype)
         weight = torch.zeros(k, b, device=self.device)
