@@ -58,6 +58,12 @@ def test_runs_that_differ_only_by_seed_are_one_row_with_mean_and_spread():
     assert xs == [2.0, 4.0] and mean == pytest.approx([0.55, 0.85]) and low == [0.5, 0.8] and high == [0.6, 0.9]
 
 
+def test_a_sweep_over_seeds_only_is_one_row_named_by_its_overrides():
+    runs = [_run(f"{s}", s, {1: 0.5 + s / 10}, ("experiment=compare/fedavg",)) for s in range(3)]
+    assert labels(runs) == ["experiment=compare/fedavg"] * 3
+    assert [len(g) for g in group(runs, labels(runs)).values()] == [3]
+
+
 def test_labels_fall_back_to_differing_config_and_name_chosen_keys():
     a, b = _run("x", 0, {1: 0.5}, None), _run("y", 1, {1: 0.5}, None)
     b = Run(b.path, b.info, {**b.config, "optim.lr": 0.3, "strategy._target_": "fl.strategies.fedopt.FedAdam"},

@@ -69,7 +69,8 @@ def labels(runs: Sequence[Run], keys: Sequence[str] = ()) -> list[str]:
 
     With ``keys``, those config values (``strategy._target_=...``). Otherwise the Hydra
     overrides not shared by every run when all runs have them, else the config values that
-    differ. Runs with equal labels differ only by seed (or not at all) and are grouped.
+    differ; runs that differ by seed only share the overrides they all have. Runs with equal
+    labels differ only by seed (or not at all) and are grouped.
     """
     if keys:
         missing = [k for k in keys if all(k not in r.config for r in runs)]
@@ -81,6 +82,8 @@ def labels(runs: Sequence[Run], keys: Sequence[str] = ()) -> list[str]:
     if all(s is not None for s in settings):
         common = set.intersection(*(set(s) for s in settings)) if len(runs) > 1 else set()  # type: ignore[arg-type]
         names = [" ".join(o for o in s if o not in common) for s in settings]  # type: ignore[union-attr]
+        if not any(names):  # the runs differ by seed only: one row, named by what they share
+            names = [" ".join(settings[0])] * len(runs)  # type: ignore[arg-type]
     else:
         differing = sorted(k for k in set().union(*(r.config for r in runs))
                            if not k.startswith(_IGNORED_KEYS) and len({repr(r.config.get(k)) for r in runs}) > 1)
