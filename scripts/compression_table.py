@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fl.engine.loop import run  # noqa: E402
+from fl.report.runs import read_records  # noqa: E402
 from fl.runtime.env import DistEnv  # noqa: E402
 
 Q = "compression/uplink=quantize"
@@ -61,21 +62,9 @@ def run_row(name: str, overrides: list[str], out: Path) -> Path:
     return run_dir
 
 
-TAGS = {"comm/uplink_bytes": "uplink_bytes", "comm/downlink_bytes": "downlink_bytes", "time/round_s": "round_s",
-        "test/accuracy": "test_accuracy"}
-
-
 def read(run_dir: Path) -> list[dict]:
-    """One record per round from the run's TensorBoard file (metrics.jsonl has evaluated rounds only)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    events.Reload()
-    rows: dict[int, dict] = {}
-    for tag, key in TAGS.items():
-        for e in events.Scalars(tag) if tag in events.Tags()["scalars"] else []:
-            rows.setdefault(e.step, {"round": e.step})[key] = e.value
-    return [rows[r] for r in sorted(rows)]
+    """One record per round (TensorBoard has every round; metrics.jsonl the evaluated ones)."""
+    return read_records(run_dir)
 
 
 def summarize(records: list[dict]) -> dict:

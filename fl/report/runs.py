@@ -19,8 +19,14 @@ import yaml
 from fl.engine.metrics import TAGS
 from fl.engine.records import read_json
 
-# Overrides that say where or how a run ran, not what it computed.
-_NOT_A_SETTING = ("seed=", "data.root=", "hydra.", "runtime.", "fl.checkpoint_every=", "fl.keep_checkpoints=")
+# Config keys (and groups) that say where or how a run ran, not what it computed; seeds are grouped over.
+INCIDENTAL = ("seed", "data.root", "hydra", "runtime", "fl.checkpoint_every", "fl.keep_checkpoints")
+
+
+def incidental(key: str) -> bool:
+    """``key`` (``a.b``, or an override ``a.b=v``) is one of :data:`INCIDENTAL` or below one."""
+    key = key.lstrip("+~").split("=", 1)[0]
+    return any(key == k or key.startswith(k + ".") for k in INCIDENTAL)
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,7 @@ class Run:
         """The overrides that change what was computed (no seed, paths or logging)."""
         if self.overrides is None:
             return None
-        return tuple(o for o in self.overrides if not o.lstrip("+~").startswith(_NOT_A_SETTING))
+        return tuple(o for o in self.overrides if not incidental(o))
 
     def evaluated(self, metric: str) -> list[dict[str, float]]:
         return [r for r in self.records if r.get(metric) is not None]

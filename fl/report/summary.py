@@ -10,10 +10,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from fl.report.runs import Run
-
-# Config keys that never make two runs different experiments.
-_IGNORED_KEYS = ("seed", "data.root", "hydra", "runtime", "fl.checkpoint_every", "fl.keep_checkpoints")
+from fl.report.runs import Run, incidental
 
 
 def cumulative(records: Sequence[dict[str, float]], key: str) -> list[float]:
@@ -86,7 +83,7 @@ def labels(runs: Sequence[Run], keys: Sequence[str] = ()) -> list[str]:
             names = [" ".join(settings[0])] * len(runs)  # type: ignore[arg-type]
     else:
         differing = sorted(k for k in set().union(*(r.config for r in runs))
-                           if not k.startswith(_IGNORED_KEYS) and len({repr(r.config.get(k)) for r in runs}) > 1)
+                           if not incidental(k) and len({repr(r.config.get(k)) for r in runs}) > 1)
         names = [" ".join(f"{k}={_short(r.config.get(k))}" for k in differing) for r in runs]
     return [name or r.path.name for name, r in zip(names, runs)]
 
