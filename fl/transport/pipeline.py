@@ -15,7 +15,7 @@ The standard pipeline of a round (:meth:`Pipeline.standard`), in order:
 3. :class:`RejectNonFinite`: a NaN or Inf update is refused here, before it can reach anything;
 4. :class:`ClientDP`: DP-FedAvg's clip and weight 1 per client; on the server, the round's
    Gaussian noise and the fixed denominator (under secure aggregation each client adds its noise
-   share instead, so nobody sees the noiseless sum);
+   share instead, :class:`NoiseShare`, so nobody sees the noiseless sum);
 5. :class:`Compression`: error feedback and the rotation on the client (encoding to the wire format
    and back is the transport's: it decides whether codes are summed as integers); the inverse
    rotation of the sum on the server.
@@ -100,12 +100,7 @@ class ClientDP(UpdateTransform):
 
     def client(self, v: torch.Tensor, counters: Counters, cid: int) -> tuple[torch.Tensor, Counters]:
         v, unclipped = self.privacy.clip(v)
-        counters = counters.replace(weight=1.0, unclipped=unclipped)
-        if self.shares:
-            noise, count_noise = self.privacy.noise_share(len(v), self.round_idx, cid)
-            v = v.double() + noise.to(v.device)
-            counters = counters.replace(unclipped=float(counters.unclipped) + count_noise)
-        return v, counters
+        return v, counters.replace(weight=1.0, unclipped=unclipped)
 
     def server(self, total: torch.Tensor, counters: Counters, round_idx: int) -> torch.Tensor:
         if self.shares:
@@ -116,6 +111,18 @@ class ClientDP(UpdateTransform):
 
     def denominator(self, counters: Counters) -> float:
         return float(self.privacy.expected_clients)
+
+
+class NoiseShare(UpdateTransform):
+    """Under secure aggregation, DP-FedAvg's noise is added by the clients: each adds its share of
+    the round's Gaussian noise (and of the clipped-count noise), after :class:`ClientDP`'s clip."""
+
+    def __init__(self, privacy: DPFedAvg, round_idx: int) -> None:
+        self.privacy, self.round_idx = privacy, int(round_idx)
+
+    def client(self, v: torch.Tensor, counters: Counters, cid: int) -> tuple[torch.Tensor, Counters]:
+        noise, count_noise = self.privacy.noise_share(len(v), self.round_idx, cid)
+        return v.double() + noise.to(v.device), counters.replace(unclipped=float(counters.unclipped) + count_noise)
 
 
 class Compression(UpdateTransform):
@@ -147,6 +154,8 @@ class Pipeline:
         stages += [*strategy_transforms, RejectNonFinite()]
         if privacy is not None:
             stages.append(ClientDP(privacy, round_idx, shares))
+        if privacy is not None and shares:
+            stages.append(NoiseShare(privacy, round_idx))
         return cls(stages + [Compression(uplink)], uplink)
 
     @property

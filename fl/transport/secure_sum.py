@@ -25,7 +25,7 @@ A round, as this transport runs it (Bonawitz et al. 2017, semi-honest setting):
    clients are named in the log, and the round counts as skipped.
 
 Under DP-FedAvg each client also adds its share of the Gaussian noise (the update pipeline's
-:class:`~fl.transport.pipeline.ClientDP` with shares), so nobody sees the noiseless sum. The
+:class:`~fl.transport.pipeline.NoiseShare`), so nobody sees the noiseless sum. The
 transport hands the server step the decoded sum; the division happens there. Ranks exchange only masked vectors, public keys, sealed shares, the revealed
 shares and the clear counters.
 """
@@ -106,7 +106,7 @@ class SecureSumAggregator(Aggregator):
         """Counters that travel in the clear (none reveals a client's update)."""
         self.buf[self.length:self.length + WIDTH] += counters.encode(dtype=torch.int64)
 
-    noise_shares = True  # under DP each client adds its share of the noise (fl.transport.pipeline.ClientDP)
+    noise_shares = True  # under DP each client adds its share of the noise (fl.transport.pipeline.NoiseShare)
 
     def add(self, update: ClientUpdate) -> None:
         out = self.pipeline.client(self.strategy.client_vector(update), self._counters(update), update.client_id)
