@@ -58,6 +58,20 @@ def test_runs_that_differ_only_by_seed_are_one_row_with_mean_and_spread():
     assert xs == [2.0, 4.0] and mean == pytest.approx([0.55, 0.85]) and low == [0.5, 0.8] and high == [0.6, 0.9]
 
 
+def test_simulated_time_gets_columns_and_a_curve_when_runs_record_it():
+    fast, slow = (_run(n, 0, {1: 0.5, 2: 0.9, 3: 0.95}, (f"scheduler={n}",)) for n in ("fedbuff", "sync"))
+    fast = Run(fast.path, fast.info, fast.config, fast.settings,
+               tuple({**r, "sim_time": 10.0 * r["round"]} for r in fast.records))
+    slow = Run(slow.path, slow.info, slow.config, slow.settings,
+               tuple({**r, "sim_time": 100.0 * r["round"]} for r in slow.records))
+    rows = table(group([fast, slow], labels([fast, slow])), target=0.9).splitlines()
+    assert rows[0].endswith("| sim time | sim time to 0.9 |")
+    assert [c.strip() for c in rows[2].strip("|").split("|")][-2:] == ["30", "20"]
+    assert [c.strip() for c in rows[3].strip("|").split("|")][-2:] == ["300", "200"]
+    assert curve([fast], "test_accuracy", "sim_time")[0] == [10.0, 20.0, 30.0]
+    assert "sim time" not in table({"a": [_run("a", 0, {1: 0.5})]}).splitlines()[0], "old runs: no empty columns"
+
+
 def test_a_sweep_over_seeds_only_is_one_row_named_by_its_overrides():
     runs = [_run(f"{s}", s, {1: 0.5 + s / 10}, ("experiment=compare/fedavg",)) for s in range(3)]
     assert labels(runs) == ["experiment=compare/fedavg"] * 3

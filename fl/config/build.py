@@ -57,6 +57,10 @@ class Federation:
     per_site: bool
     summary: dict
 
+    def num_train(self, client_id: int) -> int:
+        """Any client's training-set size, also one hosted by another rank (from the summary)."""
+        return int(self.summary["clients"][str(client_id)]["num_train"])
+
 
 def build_federation(cfg: DictConfig, comm: Comm, device: torch.device) -> Federation:
     d = cfg.data
@@ -393,6 +397,7 @@ def prepare(cfg: DictConfig, world_size: int, rank: int = 0, local_rank: int = 0
     """
     from fl.transport.plain import choose_transport
     from fl.config.validate import validate
+    from fl.asynchronous import settings as scheduler
 
     validate(cfg, world_size, rank)
     attack = build_attack(cfg)
@@ -406,6 +411,7 @@ def prepare(cfg: DictConfig, world_size: int, rank: int = 0, local_rank: int = 0
     check_privacy(cfg, strategy, transport)  # the checks that involve two components
     check_secagg(cfg, strategy, transport)
     check_compression(cfg, transport)
+    scheduler.check(cfg, strategy, isinstance(build_privacy_settings(cfg), LocalDP))
     make_optimizer = build_optimizer_factory(cfg)
     strategy.check(StrategyContext(int(cfg.fl.num_clients), int(cfg.fl.clients_per_round), make_optimizer,
                                    int(cfg.seed)))

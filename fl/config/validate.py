@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
+from fl.asynchronous import settings as scheduler
 from fl.transport.plain import TRANSPORTS
 from fl.data import folder
 from fl.data.datasets import SITE_DATASETS
@@ -65,10 +66,12 @@ def validate(cfg: DictConfig, world_size: int, rank: int = 0) -> None:
         if cfg.fl.num_clients is None:
             cfg.fl.num_clients = world_size
         num_clients = cfg.fl.num_clients
-        if cfg.fl.clients_per_round is None:
-            cfg.fl.clients_per_round = num_clients
     if num_clients < world_size:
         raise ConfigError("fl.num_clients", num_clients, f"must be >= the number of ranks ({world_size})")
+    scheduler.validate(cfg)  # an asynchronous run's buffer size is fl.clients_per_round
+    with open_dict(cfg):
+        if cfg.fl.clients_per_round is None:
+            cfg.fl.clients_per_round = num_clients
     _int(cfg, "fl.clients_per_round", 1, num_clients)
     if cfg.fl.clients_per_round < world_size:
         log.warning("fl.clients_per_round=%d < %d ranks: some ranks train no client each round",
@@ -125,14 +128,21 @@ def _number(cfg: DictConfig, key: str, low: float, high: float | None = None, lo
 def _validate_participation(cfg: DictConfig) -> None:
     _number(cfg, "fl.dropout_rate", 0, 1)
     _number(cfg, "fl.client_slowdown_max", 1)
+    if cfg.fl.client_slowdown_tail is not None:
+        _number(cfg, "fl.client_slowdown_tail", 0, low_open=True,
+                allowed="must be null (log-uniform slowdowns) or a Pareto tail index > 0 (smaller: heavier tail)")
+        if cfg.fl.client_slowdown_max == 1:
+            log.warning("fl.client_slowdown_tail=%s has no effect with fl.client_slowdown_max=1 (the cap)",
+                        cfg.fl.client_slowdown_tail)
     if cfg.fl.round_deadline is not None:
         _number(cfg, "fl.round_deadline", 0, low_open=True,
                 allowed="must be null or a number > 0 (local steps of the fastest client)")
         if cfg.fl.client_slowdown_max == 1:
             log.info("fl.round_deadline=%s with fl.client_slowdown_max=1: every client runs at full speed",
                      cfg.fl.round_deadline)
-    elif cfg.fl.client_slowdown_max > 1:
-        log.warning("fl.client_slowdown_max=%s has no effect without fl.round_deadline", cfg.fl.client_slowdown_max)
+    elif cfg.fl.client_slowdown_max > 1 and cfg.scheduler.name == "sync":
+        log.info("fl.client_slowdown_max=%s without fl.round_deadline: every round waits for its slowest client "
+                 "(the sim_time metric)", cfg.fl.client_slowdown_max)
     _int(cfg, "fl.min_clients_per_round", 1, int(cfg.fl.clients_per_round))
 
 

@@ -1,7 +1,10 @@
 """The round loop: sample, train locally, aggregate, evaluate, checkpoint.
 
 :func:`run` is the whole job for one rank, given a composed config (validated here) and
-the run directory. Every rank calls it; collectives happen in the same order on all.
+the run directory. Every rank calls it; collectives happen in the same order on all. In an
+asynchronous run (``scheduler=fedbuff``) each "round" is a server step of the precomputed
+schedule (:mod:`fl.asynchronous.schedule`): its clients train from the versions they downloaded
+(a ring of past models), through the same pipeline, transports and server step.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import fl
 from fl.engine import checkpoint, evaluation, rundir
 from fl.data.stream import stream_loaders
 from fl.engine.server import server_step
-from fl.transport.pipeline import ModelPoisoning, Pipeline
+from fl.transport.pipeline import ModelPoisoning, Pipeline, StalenessWeight
+from fl.asynchronous import schedule as async_schedule
+from fl.asynchronous.settings import AsyncSettings
 from fl.transport.plain import make_aggregator
 from fl.compression.downlink import Downlink
 from fl.compression.uplink import Uplink
@@ -180,6 +185,12 @@ class Rounds:
         self.resume = Resume(0)
         self.global_flat = fm.flat.detach().clone()
         per_rank = -(-int(cfg.fl.clients_per_round) // comm.world_size)
+        self.asynchronous = AsyncSettings.of(cfg)
+        self.schedule = None if self.asynchronous is None else async_schedule.build(
+            int(cfg.fl.num_clients), self.asynchronous.concurrency, self.asynchronous.buffer_size, int(cfg.fl.rounds),
+            int(cfg.seed), self._work, self.asynchronous.max_staleness)
+        self.versions: dict[int, torch.Tensor] = {}  # asynchronous: the past models clients still train from
+        self.sim_clock = 0.0  # synchronous: simulated time so far
         self.clients = ClientTraining(cfg.fl.client_batch, float(cfg.fl.client_batch_memory_mb), fm, strategy,
                                       make_optimizer, list(fed.shards.values()), fed.spec.input_shape, fed.spec.task,
                                       self.plan.batch_size, self.local_dp, per_rank, comm.is_main)
@@ -187,6 +198,8 @@ class Rounds:
     def set_up(self, existing: Existing) -> None:
         """Collective, before anything is written: the resume decision (may refuse) and the DP budget."""
         self.resume, self.global_flat = self._resume(existing)
+        if self.schedule is None:
+            self.sim_clock = sum(self._sync_round_time(r) for r in range(self.resume.start))
         if self.local_dp is not None and not self.resume.complete:
             self._check_local_budget()
             self.accountant = self._local_dp_replay(range(self.resume.start))
@@ -254,6 +267,13 @@ class Rounds:
                    "late": result.late, "rejected": result.rejected, "skipped": int(result.skipped),
                    "comm_bytes": result.uplink_bytes + result.downlink_bytes, "uplink_bytes": result.uplink_bytes,
                    "downlink_bytes": result.downlink_bytes, "collective_bytes": result.collective_bytes}
+        if self.schedule is not None:
+            step = self.schedule.steps[rnd]
+            taus = [job.staleness for job in step.jobs]
+            metrics.update(sim_time=step.time, staleness_mean=sum(taus) / len(taus), staleness_max=max(taus),
+                           stale_dropped=step.stale)
+        else:
+            metrics["sim_time"] = self.sim_clock
         if self.privacy is not None:
             metrics["dp_epsilon"] = self.dp_settings.epsilon(int(self.cfg.fl.num_clients),  # type: ignore[union-attr]
                                                              int(self.cfg.fl.clients_per_round), rnd + 1)
@@ -266,25 +286,15 @@ class Rounds:
         return metrics
 
     def _train_round(self, rnd: int, global_flat: torch.Tensor) -> RoundResult:
+        if self.schedule is not None:
+            return self._train_step(rnd, global_flat)
+        self.sim_clock += self._sync_round_time(rnd)
         cfg, comm = self.cfg, self.comm
         cohort = sample_cohort(cfg.seed, rnd, cfg.fl.num_clients, cfg.fl.clients_per_round)
         by_rank = assign(cohort, comm.world_size, self.fed.per_site)
         received = self.downlink.received(global_flat)  # what clients train from
         downlink_bytes = len(cohort) * self.downlink.bytes_per_client(len(global_flat))
-        uplink = Uplink(self.uplink_codec, int(cfg.seed), rnd, self.strategy.vector_dim(len(self.fm)), self.residuals,
-                        self.strategy.compressible_dim(len(self.fm)))
-        secure = isinstance(self.secagg, Masking)
-        pipeline = Pipeline.standard(uplink, self.strategy.transforms(), self.privacy, rnd, shares=secure,
-                                     poisoning=ModelPoisoning(self.attack, rnd, len(self.fm)))
-        if secure:
-            from fl.transport.secure_sum import SecureSumAggregator  # cryptography: only runs with secagg import it
-
-            agg = SecureSumAggregator(self.strategy, comm, len(self.fm), self.device, cohort, by_rank[comm.rank], rnd,
-                                      self.secagg.frac_bits, int(cfg.fl.min_clients_per_round), None,
-                                      self.secagg.dropout == "recover", float(self.secagg.threshold), pipeline=pipeline)
-        else:
-            agg = make_aggregator(self.transport, self.strategy, comm, len(self.fm), self.device,
-                                  max(len(r) for r in by_rank), int(cfg.fl.min_clients_per_round), pipeline=pipeline)
+        pipeline, agg = self._aggregation(rnd, cohort, by_rank)
         training: list[tuple[ClientShard, ClientTask]] = []
         for cid, plan, fate in self._fates(rnd, by_rank[comm.rank]):
             if fate != "train":
@@ -303,16 +313,87 @@ class Rounds:
         self.downlink.send(rnd, result.new_global)
         return dataclasses.replace(result, downlink_bytes=downlink_bytes)
 
+    def _aggregation(self, rnd: int, cohort: list[int], by_rank: list[list[int]],
+                     staleness: StalenessWeight | None = None):
+        """The round's update pipeline and the aggregator of its transport (secure sum over ``cohort``)."""
+        cfg, comm = self.cfg, self.comm
+        uplink = Uplink(self.uplink_codec, int(cfg.seed), rnd, self.strategy.vector_dim(len(self.fm)), self.residuals,
+                        self.strategy.compressible_dim(len(self.fm)))
+        secure = isinstance(self.secagg, Masking)
+        pipeline = Pipeline.standard(uplink, self.strategy.transforms(), self.privacy, rnd, shares=secure,
+                                     poisoning=ModelPoisoning(self.attack, rnd, len(self.fm)), staleness=staleness)
+        if secure:
+            from fl.transport.secure_sum import SecureSumAggregator  # cryptography: only runs with secagg import it
+
+            agg = SecureSumAggregator(self.strategy, comm, len(self.fm), self.device, cohort, by_rank[comm.rank], rnd,
+                                      self.secagg.frac_bits, int(cfg.fl.min_clients_per_round), None,
+                                      self.secagg.dropout == "recover", float(self.secagg.threshold), pipeline=pipeline)
+        else:
+            agg = make_aggregator(self.transport, self.strategy, comm, len(self.fm), self.device,
+                                  max(len(r) for r in by_rank), int(cfg.fl.min_clients_per_round), pipeline=pipeline)
+        return pipeline, agg
+
+    def _train_step(self, k: int, global_flat: torch.Tensor) -> RoundResult:
+        """Asynchronous server step ``k`` of the schedule: its buffer's clients train on the ranks, each
+        from the version it downloaded; their staleness-weighted updates make version ``k + 1``."""
+        cfg, comm = self.cfg, self.comm
+        step = self.schedule.steps[k]  # type: ignore[union-attr]
+        if k == 0 and not self.versions:
+            self.versions[0] = self.downlink.received(global_flat).clone()
+        cohort = [job.client_id for job in step.jobs]
+        by_rank = assign(cohort, comm.world_size, self.fed.per_site)
+        weights = {job.client_id: self.asynchronous.staleness.weight(job.staleness)  # type: ignore[union-attr]
+                   for job in step.jobs}
+        pipeline, agg = self._aggregation(k, cohort, by_rank, StalenessWeight(weights))
+        mine = set(by_rank[comm.rank])
+        jobs = sorted((job for job in step.jobs if job.client_id in mine), key=lambda j: (j.base, j.client_id))
+        for base in sorted({job.base for job in jobs}):
+            training = [(self.attack.training_shard(job.client_id, self.fed.shards[job.client_id]),
+                         ClientTask(job.client_id, job.draw, cfg.seed, self._plan(job.draw, job.client_id),
+                                    self.make_optimizer, self.store, None, self.augment, self.fed.spec.task))
+                        for job in jobs if job.base == base]
+            for update in self.clients.train(self.strategy, self.fm, self.versions[base], training):
+                agg.add(update)
+        combined = agg.combine(k, self.stop.requested)
+        result = server_step(self.strategy, pipeline, int(cfg.fl.min_clients_per_round), k, global_flat, combined)
+        downlink_bytes = step.downloads * self.downlink.bytes_per_client(len(global_flat))
+        self.downlink.send(k, result.new_global)
+        needed = set(self.schedule.ring(k + 1))  # type: ignore[union-attr]
+        self.versions[k + 1] = self.downlink.received(result.new_global).clone()
+        self.versions = {v: t for v, t in self.versions.items() if v in needed}
+        return dataclasses.replace(result, downlink_bytes=downlink_bytes, dropped=step.failed)
+
+    def _plan(self, draw: int, cid: int) -> LocalTraining:
+        """Client ``cid``'s local work in round (or asynchronous draw) ``draw``."""
+        epochs = client_epochs(self.cfg.seed, draw, cid, self.plan.epochs, self.cfg.fl.local_epochs_max)
+        return self.plan if epochs == self.plan.epochs else LocalTraining(epochs, self.plan.steps, self.plan.batch_size)
+
+    def _duration(self, cid: int, plan: LocalTraining) -> float:
+        """Simulated seconds of a client's local work, in local steps of the fastest client."""
+        fl_cfg = self.cfg.fl
+        return _steps(self.fed.num_train(cid), plan) * slowdown(
+            self.cfg.seed, cid, float(fl_cfg.client_slowdown_max),
+            None if fl_cfg.client_slowdown_tail is None else float(fl_cfg.client_slowdown_tail))
+
+    def _work(self, cid: int, draw: int) -> tuple[float, bool]:
+        """An asynchronous job's simulated duration and whether it fails (the schedule's input)."""
+        return (self._duration(cid, self._plan(draw, cid)),
+                drops_out(self.cfg.seed, draw, cid, float(self.cfg.fl.dropout_rate)))
+
+    def _sync_round_time(self, rnd: int) -> float:
+        cohort = sample_cohort(self.cfg.seed, rnd, self.cfg.fl.num_clients, self.cfg.fl.clients_per_round)
+        durations = [self._duration(cid, plan) for cid, plan, fate in self._fates(rnd, cohort) if fate != "dropped"]
+        deadline = self.cfg.fl.round_deadline
+        return async_schedule.round_time(durations, None if deadline is None else float(deadline))
+
     def _fates(self, rnd: int, hosted: list[int]) -> list[tuple[int, LocalTraining, str]]:
         """Each hosted client's local plan this round and whether it trains, drops out or is late."""
         cfg, out = self.cfg, []
         for cid in hosted:
-            epochs = client_epochs(cfg.seed, rnd, cid, self.plan.epochs, cfg.fl.local_epochs_max)
-            plan = self.plan if epochs == self.plan.epochs else LocalTraining(epochs, self.plan.steps,
-                                                                               self.plan.batch_size)
+            plan = self._plan(rnd, cid)
             if drops_out(cfg.seed, rnd, cid, float(cfg.fl.dropout_rate)):
                 out.append((cid, plan, "dropped"))
-            elif self._late(cid, self.fed.shards[cid].num_train, plan):
+            elif self._late(cid, plan):
                 out.append((cid, plan, "late"))
             else:
                 out.append((cid, plan, "train"))
@@ -344,13 +425,12 @@ class Rounds:
                               f"noise_multiplier={self.local_dp.noise_multiplier}; raise the noise or lower "
                               f"fl.rounds or fl.local_epochs")
 
-    def _late(self, cid: int, num_train: int, plan: LocalTraining) -> bool:
+    def _late(self, cid: int, plan: LocalTraining) -> bool:
         """Whether a straggler cannot finish its local work before the round deadline."""
         deadline = self.cfg.fl.round_deadline
         if deadline is None:
             return False
-        steps = local_steps(num_train, plan.epochs, plan.steps, plan.batch_size)
-        return steps * slowdown(self.cfg.seed, cid, float(self.cfg.fl.client_slowdown_max)) > float(deadline)
+        return self._duration(cid, plan) > float(deadline)
 
     def _evaluate(self, rnd: int, global_flat: torch.Tensor) -> dict[str, float]:
         cfg, comm = self.cfg, self.comm
@@ -392,6 +472,7 @@ class Rounds:
                 "round": round_num, "global": global_flat.detach().cpu(), "strategy": self.strategy.state_dict(),
                 "privacy": None if self.privacy is None else self.privacy.state_dict(),
                 "downlink": self.downlink.state_dict(),
+                "versions": {v: t.detach().cpu() for v, t in self.versions.items()},
                 "seed": int(self.cfg.seed), "fingerprint": fingerprint(self.cfg),
             }, int(self.cfg.fl.keep_checkpoints))
 
@@ -415,6 +496,11 @@ class Rounds:
                                       f"in {self.ckpt_dir} holds {len(state['global'])}; use a new run dir")
                 global_flat.copy_(state["global"])
         self.comm.broadcast(global_flat)  # also makes the initial weights identical everywhere
+        if self.schedule is not None and resume.start > 0 and not resume.complete:
+            saved = (state or {}).get("versions") or {}
+            for v in self.schedule.ring(resume.start):  # the past models the remaining steps train from
+                t = saved[v].to(self.device) if self.comm.is_main else torch.empty_like(global_flat)
+                self.versions[v] = self.comm.broadcast(t)
         return resume, global_flat
 
 
@@ -431,6 +517,8 @@ def round_line(round_num: int, rounds: int, m: dict[str, float]) -> str:
     parts += [f"{k}={m[k]:.4f}" for k in ("test_accuracy", "test_mae", "test_roc_auc", "client_accuracy_mean",
                                           "client_mae_mean", "client_roc_auc_mean", "personal_accuracy_mean")
               if isinstance(m.get(k), float)]
+    if "staleness_mean" in m:  # an asynchronous server step
+        parts.append(f"sim_time={m['sim_time']:.0f} staleness={m['staleness_mean']:.1f}")
     parts.append(f"train_s={m['round_s']:.2f}")
     if "eval_s" in m:
         parts.append(f"eval_s={m['eval_s']:.2f}")

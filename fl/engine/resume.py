@@ -26,12 +26,13 @@ from fl.engine.rundir import Existing
 FINGERPRINT_KEYS = ("seed", "data", "partition", "model", "optim", "strategy", "train.batch_size",
                     "fl.num_clients", "fl.clients_per_round", "fl.local_epochs", "fl.local_epochs_max", "fl.local_steps",
                     "fl.holdout_fraction", "personalization", "attack", "fl.dropout_rate",
-                    "fl.client_slowdown_max", "fl.round_deadline", "fl.min_clients_per_round", "privacy", "secagg",
-                    "compression")
+                    "fl.client_slowdown_max", "fl.client_slowdown_tail", "fl.round_deadline", "fl.min_clients_per_round",
+                    "privacy", "secagg", "compression", "scheduler")
 
 # What a key added to the fingerprint meant in runs written before it existed.
 _BEFORE_IT_EXISTED = {"compression": {d: {"_target_": "fl.compression.codecs.NoCompression"}
-                                      for d in ("uplink", "downlink")}}
+                                      for d in ("uplink", "downlink")},
+                      "scheduler": {"name": "sync"}}
 
 _NOT_RESULT_AFFECTING = ("root", "download", "on_device")  # where data lives, not what it is
 

@@ -42,6 +42,8 @@ class RunSummary:
     client_p10: float | None
     total_mb: float
     s_per_round: float | None
+    sim_time: float | None = None            # simulated time at the end (runs that record ``sim_time``)
+    sim_to_target: float | None = None       # simulated time of the first evaluation at the target
 
 
 def summarize(run: Run, metric: str = "test_accuracy", target: float | None = None) -> RunSummary:
@@ -58,7 +60,15 @@ def summarize(run: Run, metric: str = "test_accuracy", target: float | None = No
                       client_p10=float(p10[-1]) if p10 else None,
                       total_mb=cumulative(run.records, "comm_bytes")[-1] / 1e6,
                       # every round's seconds; run.json's mean covers only the last attempt of a resumed run
-                      s_per_round=statistics.fmean(seconds) if seconds else run.info.get("round_s_mean"))
+                      s_per_round=statistics.fmean(seconds) if seconds else run.info.get("round_s_mean"),
+                      sim_time=run.records[-1].get("sim_time"),
+                      sim_to_target=None if target is None else sim_time_to(evaluated, metric, target))
+
+
+def sim_time_to(records: Sequence[dict[str, float]], metric: str, target: float) -> float | None:
+    """The simulated time (``sim_time``) of the first record whose ``metric`` reaches ``target``."""
+    first = next((r for r in records if r.get(metric) is not None and r[metric] >= target), None)
+    return None if first is None else first.get("sim_time")
 
 
 def labels(runs: Sequence[Run], keys: Sequence[str] = ()) -> list[str]:
@@ -124,9 +134,13 @@ def table(groups: dict[str, list[Run]], metric: str = "test_accuracy", target: f
     if target is not None:
         head.append(f"rounds to {target:g}")
     head += ["client accuracy p10", "total MB", "s/round"]
+    summaries = {label: [summarize(r, metric, target) for r in runs] for label, runs in groups.items()}
+    simulated = any(x.sim_time is not None for s in summaries.values() for x in s)
+    if simulated:  # runs that simulate client speeds: their simulated time (fastest-client steps)
+        head += ["sim time"] + ([f"sim time to {target:g}"] if target is not None else [])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for label, runs in groups.items():
-        s = [summarize(r, metric, target) for r in runs]
+        s = summaries[label]
         cells = [label.replace("|", "\\|"), str(len(runs)), "/".join(sorted({str(x.rounds) for x in s})),
                  _cell(Spread.of([x.final for x in s]), 4), _cell(Spread.of([x.best for x in s]), 4)]
         if target is not None:
@@ -134,6 +148,11 @@ def table(groups: dict[str, list[Run]], metric: str = "test_accuracy", target: f
             cells.append("not reached" if reached is None else reached.show(1 if reached.n > 1 else 0, len(s)))
         cells += [_cell(Spread.of([x.client_p10 for x in s]), 4), _cell(Spread.of([x.total_mb for x in s]), 1),
                   _cell(Spread.of([x.s_per_round for x in s]), 2)]
+        if simulated:
+            cells.append(_cell(Spread.of([x.sim_time for x in s]), 0))
+            if target is not None:
+                reached = Spread.of([x.sim_to_target for x in s])
+                cells.append("not reached" if reached is None else reached.show(0, len(s)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -150,15 +169,16 @@ def _short(value: Any) -> str:
 
 def curve(runs: Sequence[Run], metric: str, x: str) -> tuple[list[float], list[float], list[float], list[float]]:
     """A group's curve: at each round evaluated in every run, the mean ``x`` (``round``,
-    ``comm_mb``: cumulative MB communicated, or ``time_s``: cumulative training seconds) and the
-    mean, min and max of ``metric`` over the runs."""
+    ``comm_mb``: cumulative MB communicated, ``time_s``: cumulative training seconds, or
+    ``sim_time``: simulated time, where recorded) and the mean, min and max of ``metric`` over the runs."""
     per_run = []
     for run in runs:
         mb = cumulative(run.records, "comm_bytes")
         secs = cumulative(run.records, "round_s")
         per_run.append({int(r["round"]): {"round": float(r["round"]), "comm_mb": mb[i] / 1e6, "time_s": secs[i],
-                                          "y": float(r[metric])}
-                        for i, r in enumerate(run.records) if r.get(metric) is not None and math.isfinite(r[metric])})
+                                          "sim_time": r.get("sim_time"), "y": float(r[metric])}
+                        for i, r in enumerate(run.records) if r.get(metric) is not None and math.isfinite(r[metric])
+                        and (x != "sim_time" or r.get("sim_time") is not None)})
     shared = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
     xs = [statistics.fmean(p[rnd][x] for p in per_run) for rnd in shared]
     ys = [[p[rnd]["y"] for p in per_run] for rnd in shared]

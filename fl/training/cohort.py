@@ -64,13 +64,30 @@ def drops_out(seed: int, round_idx: int, client_id: int, rate: float) -> bool:
     return float(torch.rand((), generator=generator(seed, "dropout", round_idx, client_id))) < rate
 
 
-def slowdown(seed: int, client_id: int, max_slowdown: float) -> float:
-    """How many times slower than the fastest client this client is: fixed for the run,
-    log-uniform in ``[1, max_slowdown]``."""
+def slowdown(seed: int, client_id: int, max_slowdown: float, tail: float | None = None) -> float:
+    """How many times slower than the fastest client this client is, fixed for the run: log-uniform
+    in ``[1, max_slowdown]``, or with ``tail`` = a heavy-tailed Pareto(``tail``) draw (``P(s > x) =
+    x^-tail``), capped at ``max_slowdown``. One uniform draw from the client's own stream either way."""
     if max_slowdown <= 1:
         return 1.0
     u = float(torch.rand((), generator=generator(seed, "speed", client_id)))
-    return float(max_slowdown) ** u
+    if tail is None:
+        return float(max_slowdown) ** u
+    return min(float(max_slowdown), (1.0 - u) ** (-1.0 / float(tail)))
+
+
+def sample_idle(seed: int, draw: int, num_clients: int, idle: list[bool], count: int) -> list[int]:
+    """``count`` distinct idle clients, sorted, for the ``draw``-th draw of an asynchronous run.
+
+    The same stream as :func:`sample_cohort`'s ``draw``-th round, restricted to idle clients: when
+    every client is idle, the draw *is* that round's cohort (synchronous FedAvg as a special case)."""
+    if count <= 0:
+        return []
+    perm = torch.randperm(num_clients, generator=generator(seed, "cohort", "train", draw)).tolist()
+    if count == num_clients and all(idle):
+        return list(range(num_clients))
+    chosen = [c for c in perm if idle[c]][:count]
+    return sorted(chosen)
 
 
 def local_steps(num_train: int, epochs: int, steps: int | None, batch_size: int) -> int:

@@ -16,6 +16,8 @@ The standard pipeline of a round (:meth:`Pipeline.standard`), in order:
 4. :class:`ClientDP`: DP-FedAvg's clip and weight 1 per client; on the server, the round's
    Gaussian noise and the fixed denominator (under secure aggregation each client adds its noise
    share instead, :class:`NoiseShare`, so nobody sees the noiseless sum);
+   in an asynchronous run, :class:`StalenessWeight` comes between the clip and the noise share:
+   each update times its staleness weight (at most 1, so the sensitivity stays the clip norm);
 5. :class:`Compression`: error feedback and the rotation on the client (encoding to the wire format
    and back is the transport's: it decides whether codes are summed as integers); the inverse
    rotation of the sum on the server.
@@ -78,6 +80,19 @@ class NormBound(UpdateTransform):
 
     def client(self, v: torch.Tensor, counters: Counters, cid: int) -> tuple[torch.Tensor, Counters]:
         return clip_to_norm(v, self.max_norm), counters
+
+
+class StalenessWeight(UpdateTransform):
+    """Asynchronous runs (:mod:`fl.asynchronous`): client ``cid``'s update times its staleness weight
+    ``weights[cid]``. The denominator is unchanged (FedBuff): a stale update counts less rather than
+    the buffer being renormalized. It runs before DP's clip, so the sensitivity stays the clip norm."""
+
+    def __init__(self, weights: dict[int, float]) -> None:
+        self.weights = dict(weights)
+
+    def client(self, v: torch.Tensor, counters: Counters, cid: int) -> tuple[torch.Tensor, Counters]:
+        w = self.weights.get(cid, 1.0)
+        return (v if w == 1.0 else v * w), counters
 
 
 class RejectNonFinite(UpdateTransform):
@@ -149,11 +164,13 @@ class Pipeline:
     @classmethod
     def standard(cls, uplink: Uplink, strategy_transforms: list[UpdateTransform] = (),  # type: ignore[assignment]
                  privacy: DPFedAvg | None = None, round_idx: int = 0, shares: bool = False,
-                 poisoning: ModelPoisoning | None = None) -> "Pipeline":
+                 poisoning: ModelPoisoning | None = None, staleness: StalenessWeight | None = None) -> "Pipeline":
         stages: list[UpdateTransform] = [poisoning] if poisoning is not None else []
         stages += [*strategy_transforms, RejectNonFinite()]
         if privacy is not None:
             stages.append(ClientDP(privacy, round_idx, shares))
+        if staleness is not None:
+            stages.append(staleness)
         if privacy is not None and shares:
             stages.append(NoiseShare(privacy, round_idx))
         return cls(stages + [Compression(uplink)], uplink)
