@@ -78,16 +78,16 @@ def build(num_clients: int, concurrency: int, buffer_size: int, num_steps: int, 
     """The first ``num_steps`` server steps. ``work(client, draw)`` gives a job's simulated duration
     and whether it fails."""
     idle = [True] * num_clients
-    running: list[tuple[float, int, Job]] = []  # (finish, start order, job)
+    running: list[tuple[float, int, Job, bool]] = []  # (finish, start order, job, fails)
     order = draw = version = 0
     downloads: dict[int, int] = {}
 
     def start(count: int, now: float) -> None:
         nonlocal order, draw
         for cid in sample_idle(seed, draw, num_clients, idle, count):
-            duration, _ = work(cid, draw)
+            duration, fails = work(cid, draw)
             idle[cid] = False
-            heapq.heappush(running, (now + duration, order, Job(cid, draw, version, now, now + duration)))
+            heapq.heappush(running, (now + duration, order, Job(cid, draw, version, now, now + duration), fails))
             downloads[version] = downloads.get(version, 0) + 1
             order += 1
         draw += 1
@@ -100,11 +100,11 @@ def build(num_clients: int, concurrency: int, buffer_size: int, num_steps: int, 
         now = running[0][0]
         finished = []
         while running and running[0][0] == now:
-            finished.append(heapq.heappop(running)[2])
-        for job in finished:
+            finished.append(heapq.heappop(running)[2:])
+        for job, fails in finished:
             idle[job.client_id] = True
             tau = version - job.base
-            if work(job.client_id, job.draw)[1]:
+            if fails:
                 failed += 1
             elif max_staleness is not None and tau > max_staleness:
                 stale += 1
