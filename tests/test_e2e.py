@@ -71,7 +71,8 @@ def test_torchrun_gather_transport_with_a_robust_strategy(tmp_path):
     # The all-reduce transport runs under torchrun in test_torchrun_two_ranks_on_digits; every
     # strategy's arithmetic is checked on forked gloo ranks (test_strategies, test_distributed).
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "train.py"), "strategy=trimmed_mean", "strategy.beta=0.2", "fl.num_clients=6", "fl.clients_per_round=5", "fl.rounds=6", "fl.eval_every=6",
+           str(REPO / "train.py"), "strategy=trimmed_mean", "strategy.beta=0.2", "fl.num_clients=6",
+           "fl.clients_per_round=5", "fl.rounds=6", "fl.eval_every=6",
            "optim.lr=0.1", "fl.local_epochs=2", "runtime.progress=false", f"hydra.run.dir={tmp_path / 'run'}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
