@@ -10,7 +10,7 @@ import torch
 
 from conftest import fork_ranks, make_cfg, run_job
 from fl.compression import hadamard
-from fl.compression.codecs import Cast, Key, NoCompression, Quantize, RandK, TopK
+from fl.compression.codecs import Cast, Key, NoCompression, Quantize, RandK, TopK, _top_indices
 from fl.compression.uplink import Uplink
 from fl.config.build import prepare
 from fl.errors import ConfigError
@@ -213,6 +213,37 @@ def test_compressed_runs_are_world_size_invariant_and_resume_exactly(tmp_path, c
     dense = 4 * 5 * sum(v.numel() for v in ref.values())
     assert final["uplink_bytes"] < dense / 4 and final["comm_bytes"] == final["uplink_bytes"] + final["downlink_bytes"]
     assert final["test_accuracy"] > accuracy, "a compressed run still learns (chance: 0.1)"
+
+
+@pytest.mark.parametrize("kind", ["normal", "mostly zero", "all equal", "increasing", "one layer large"])
+def test_top_k_through_a_sampled_threshold_is_the_exact_top_k(kind):
+    n, k = 200_000, 2_000  # k >= 128: the sampled-threshold path
+    g = torch.Generator().manual_seed(5)
+    v = torch.randn(n, generator=g)
+    if kind == "mostly zero":
+        v[torch.rand(n, generator=g) < 0.995] = 0.0  # fewer non-zeros than k: ties at zero
+    elif kind == "all equal":
+        v = torch.ones(n)
+    elif kind == "increasing":
+        v = torch.arange(n, dtype=torch.float32)
+    elif kind == "one layer large":
+        v[150_000:151_000] *= 100.0  # the strided sample sees only 1 in 31 of them
+    idx = _top_indices(v.abs(), k)
+    assert len(idx) == k and len(idx.unique()) == k and torch.equal(idx, idx.sort().values)
+    expected = v.abs().topk(k).values.sort().values
+    assert torch.equal(v.abs()[idx].sort().values, expected), "the k largest magnitudes, ties aside"
+
+
+@pytest.mark.parametrize("k", [0, 1, 5, 11, 14])
+def test_the_fast_hadamard_transform_is_the_sylvester_matrix(k):
+    n = 1 << k
+    x = torch.eye(n)[: min(n, 64)] if k > 11 else torch.eye(n)  # rows e_j: the transform gives row j of H
+    j = torch.arange(len(x))
+    i = torch.arange(n)
+    both = j[:, None] & i[None, :]
+    parity = sum((both >> b) & 1 for b in range(max(k, 1))) % 2
+    expected = (1 - 2 * parity).float() / math.sqrt(n)  # H[j, i] = (-1)^popcount(j & i)
+    torch.testing.assert_close(hadamard.fwht(x), expected, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("dim", [1, 7, 16384, 40001])

@@ -41,13 +41,19 @@ def _sylvester(n: int, device: str) -> torch.Tensor:
 def fwht(x: torch.Tensor) -> torch.Tensor:
     """The normalised Walsh-Hadamard transform of each row of ``x`` (row length a power of two).
 
-    ``H_n = H_r (x) H_c`` with ``r c = n``: a row reshaped to ``r x c`` becomes ``H_r X H_c``, two
-    small matrix products instead of ``log2 n`` passes over memory."""
+    ``H_n = H_a (x) H_b (x) H_c`` with ``a b c = n``: a row reshaped to ``a x b x c`` is multiplied
+    by a small Hadamard matrix along each axis, three matrix products of side at most 32 (for
+    blocks of 2^14) instead of ``log2 n`` passes over memory or two products of side 128."""
     rows, n = x.shape
-    r = 1 << ((n.bit_length() - 1) // 2)
-    c = n // r
-    out = _sylvester(r, str(x.device)) @ x.reshape(rows, r, c) @ _sylvester(c, str(x.device))
-    return out.reshape(rows, n) / math.sqrt(n)
+    k = n.bit_length() - 1
+    ka = k // 3
+    kb = (k - ka) // 2
+    a, b, c = 1 << ka, 1 << kb, 1 << (k - ka - kb)
+    device = str(x.device)
+    y = x.reshape(rows, a, b, c) @ _sylvester(c, device)
+    y = _sylvester(b, device) @ y
+    y = _sylvester(a, device) @ y.reshape(rows, a, b * c)
+    return y.reshape(rows, n) / math.sqrt(n)
 
 
 def signs(seed: int, round_idx: int, length: int, device: torch.device | str = "cpu") -> torch.Tensor:

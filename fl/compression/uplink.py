@@ -56,7 +56,8 @@ class Uplink:
             if state is not None:
                 head = head + state["residual"].to(head)
             self.unsent[cid] = head
-        return torch.cat([self.codec.forward(head, self.key(cid)), v[self.head:]])
+        coded = self.codec.forward(head, self.key(cid))
+        return coded if self.head == len(v) else torch.cat([coded, v[self.head:]])
 
     def scale(self, comm: Comm, vectors: list[torch.Tensor]) -> float:
         """Collective (codecs with a shared scale): the largest head entry over the round's cohort."""
@@ -67,6 +68,12 @@ class Uplink:
         """Step 3: the message of the head and the bytes of the whole vector's message."""
         enc = self.codec.encode(x[:self.head], self.key(cid), scale)
         return enc, enc.nbytes + 4 * (len(x) - self.head)
+
+    def codes(self, cid: int, x: torch.Tensor, scale: float) -> tuple[torch.Tensor, int]:
+        """Step 3 for a quantizer, without building the message: the head's integer codes (float32)
+        and the bytes of the whole vector's message."""
+        codes = self.codec.codes(x[:self.head], self.key(cid), scale)  # type: ignore[attr-defined]
+        return codes, self.codec.message_bytes(self.head) + 4 * (len(x) - self.head)  # type: ignore[attr-defined]
 
     def send(self, cid: int, x: torch.Tensor, scale: float = 0.0) -> tuple[torch.Tensor, int]:
         """Steps 3-4: the decoded vector (head in the coded space) and the message's bytes."""

@@ -163,9 +163,11 @@ class SumAggregator(Aggregator):
         self.scale = scale
         head = self.uplink.head
         for cid, x, counters in self.pending:
-            enc, nbytes = self.uplink.encode(cid, x, scale)
-            self._accept(torch.cat([enc.parts["codes"].to(self.dtype), x[head:].to(self.dtype)]),
-                         counters.replace(uplink_bytes=float(nbytes + self.header_bytes)))
+            codes, nbytes = self.uplink.codes(cid, x, scale)
+            weight = float(counters.weight)  # codes and the float tail added in place: no copy of the vector
+            self.buf[:head].add_(codes, alpha=weight)
+            self.buf[head:self.vdim].add_(x[head:].to(self.dtype), alpha=weight)
+            self._count(counters.replace(uplink_bytes=float(nbytes + self.header_bytes)))
         self.pending.clear()
 
     def combine(self, round_idx: int, stop: bool = False) -> Combined:
