@@ -175,15 +175,14 @@ class Quantize(Codec):
         Stochastic rounding as ``floor(t + u)``, ``t = (x + scale) / step`` and ``u`` uniform on
         the 2^16 midpoints ``(k + 1/2) / 2^16``: it rounds up with probability equal to the
         fractional part of ``t`` to within 2^-17 (float32 ``t`` itself carries only 16 fractional
-        bits at 8 bits), in five passes over the vector and one cheap draw (:func:`_uniform16`).
+        bits at 8 bits), in five passes over the draw and one over the vector (:func:`_uniform16`).
         Entries beyond ``[-scale, scale]`` get the end codes, as if clamped first.
         """
         if scale <= 0:
             return torch.zeros(len(x), dtype=torch.float32, device=x.device)
         step = self.step(scale)
-        t = x.float().mul(1 / step).add_(scale / step + 2.0 ** -17)
-        t.add_(_uniform16(len(x), key, x.device), alpha=2.0 ** -16)
-        return t.floor_().clamp_(0, self.levels)
+        t = _uniform16(len(x), key, x.device).to(torch.float32).mul_(2.0 ** -16).add_(scale / step + 2.0 ** -17)
+        return t.add_(x.float(), alpha=1 / step).floor_().clamp_(0, self.levels)
 
     def message_bytes(self, dim: int) -> int:
         """The packed codes and the float32 scale."""
@@ -288,6 +287,19 @@ class RandK(Codec):
         out = torch.zeros(enc.dim, device=values.device)
         out[self.indices(enc.dim, key, values.device)] = values
         return out
+
+
+def largest_magnitude(v: torch.Tensor) -> float:
+    """``max |v|`` (0 for an empty vector; NaN if ``v`` has one), without a copy of ``v``."""
+    if v.numel() == 0:
+        return 0.0
+    low, high = torch.aminmax(v)
+    return max(-float(low), float(high)) if not (low.isnan() or high.isnan()) else math.nan
+
+
+def all_finite(v: torch.Tensor) -> bool:
+    """No entry of ``v`` is infinite or NaN (one reduction, without a boolean copy of ``v``)."""
+    return math.isfinite(largest_magnitude(v))
 
 
 def _top_indices(a: torch.Tensor, k: int) -> torch.Tensor:

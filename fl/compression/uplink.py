@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from fl.compression.codecs import Codec, Encoded, Key, NoCompression
+from fl.compression.codecs import Codec, Encoded, Key, NoCompression, largest_magnitude
 from fl.runtime.comm import Comm
 from fl.training.store import ClientStore
 
@@ -61,7 +61,7 @@ class Uplink:
 
     def scale(self, comm: Comm, vectors: list[torch.Tensor]) -> float:
         """Collective (codecs with a shared scale): the largest head entry over the round's cohort."""
-        local = max((float(x[:self.head].abs().max()) for x in vectors), default=0.0)
+        local = max((largest_magnitude(x[:self.head]) for x in vectors), default=0.0)
         return comm.all_reduce_max(local)
 
     def encode(self, cid: int, x: torch.Tensor, scale: float = 0.0) -> tuple[Encoded, int]:
@@ -85,7 +85,7 @@ class Uplink:
         if cid in self.unsent and self.residuals is not None:
             u = self.unsent.pop(cid)
             self.residuals.save(cid, self.round_idx, {"residual": u - self.codec.backward(decoded, self.head, key)})
-        return torch.cat([decoded, x[self.head:]]), nbytes
+        return (decoded if self.head == len(x) else torch.cat([decoded, x[self.head:]])), nbytes
 
     def back(self, x: torch.Tensor) -> torch.Tensor:
         """Out of the coded space (a decoded vector or a sum of them: the rotation is linear)."""

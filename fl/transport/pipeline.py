@@ -33,6 +33,7 @@ import logging
 
 import torch
 
+from fl.compression.codecs import all_finite
 from fl.compression.uplink import Uplink
 from fl.privacy.dp_fedavg import DPFedAvg
 from fl.strategies.norm_bound import clip_to_norm
@@ -97,7 +98,7 @@ class StalenessWeight(UpdateTransform):
 
 class RejectNonFinite(UpdateTransform):
     def client(self, v: torch.Tensor, counters: Counters, cid: int) -> tuple[torch.Tensor, Counters] | None:
-        if bool(torch.isfinite(v).all()):
+        if all_finite(v):
             return v, counters
         log.warning("client %d sent a non-finite update: rejected", cid)
         return None

@@ -56,10 +56,6 @@ def choose_transport(requested: str, strategy: Strategy) -> str:
     return requested
 
 
-def is_finite(update_vector: torch.Tensor) -> bool:
-    return bool(torch.isfinite(update_vector).all())
-
-
 class Aggregator:
     """Collects this rank's updates for one round, then runs the transport's collective.
 
@@ -154,7 +150,7 @@ class SumAggregator(Aggregator):
         self.buf[self.vdim:] += counters.encode(self.device, self.dtype)
 
     def _accept(self, x: torch.Tensor, counters: Counters) -> None:
-        self.buf[:self.vdim].add_(x.to(self.dtype), alpha=float(counters.weight))
+        self.buf[:self.vdim].add_(x, alpha=float(counters.weight))  # in the buffer's dtype, without a copy
         self._count(counters)
 
     def _send_pending(self, scale: float) -> None:
