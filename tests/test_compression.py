@@ -134,6 +134,21 @@ def test_quantized_sum_equals_the_weighted_mean_of_individually_decoded_vectors(
     assert float((got - exact).abs().max()) > 1e-4, "3 bits are lossy: the check can fail"
 
 
+@pytest.mark.parametrize("samples", [600, 700_000], ids=["float32 partial sum", "float64 throughout"])
+def test_a_ranks_quantized_sum_is_the_exact_integer_sum_of_its_codes(samples):
+    # 10 clients x 4 bits: 10 x 600 x 15 fits float32's integers, 10 x 700,000 x 15 does not
+    dim, q, cohort = 5000, Quantize(4), range(10)
+    agg = SumAggregator(FedAvg(), Comm(0, 1, CPU), dim, CPU, uplink=Uplink(q, 2, 3, dim))
+    deltas = {c: _vector(dim, c) * (1 + c) for c in cohort}
+    for c in cohort:
+        agg.add(ClientUpdate(c, deltas[c], samples + c, torch.tensor(1.0), 10, 3))
+    got = agg.combine(3).aggregate
+    scale = max(float(d.abs().max()) for d in deltas.values())
+    codes = sum((samples + c) * q.codes(deltas[c], Key(2, 3, c), scale).long() for c in cohort)
+    want = q.dequantize(codes, sum(samples + c for c in cohort), scale).float()
+    assert torch.equal(got, want), "exact, whichever dtype holds the partial sum"
+
+
 def test_gather_gives_robust_aggregators_the_decoded_individual_updates():
     dim, q = 300, Quantize(4)
     gather = GatherAggregator(FedAvg(), Comm(0, 1, CPU), dim, CPU, rows_per_rank=3, uplink=Uplink(q, 0, 0, dim))
