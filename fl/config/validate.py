@@ -16,6 +16,7 @@ from omegaconf import DictConfig, open_dict
 from fl.asynchronous import settings as scheduler
 from fl.transport.plain import TRANSPORTS
 from fl.data import folder
+from fl.engine import target as stop_target
 from fl.data.datasets import SITE_DATASETS
 from fl.errors import ConfigError
 from fl.runtime.env import BACKENDS
@@ -86,6 +87,7 @@ def validate(cfg: DictConfig, world_size: int, rank: int = 0) -> None:
         log.warning("fl.local_steps=%d is set: fl.local_epochs=%d has no effect", cfg.fl.local_steps,
                     cfg.fl.local_epochs)
     _int(cfg, "fl.eval_every", 1)
+    stop_target.of(cfg)
     _int(cfg, "fl.eval_clients", 1, num_clients, allow_none=True)
     if cfg.fl.eval_clients is not None and cfg.fl.holdout_fraction == 0:
         log.warning("fl.eval_clients=%d has no effect: fl.holdout_fraction=0 leaves no held-out data",

@@ -27,6 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import fl
 from fl.engine import checkpoint, evaluation, rundir
+from fl.engine import target as stop_target
 from fl.data.stream import stream_loaders
 from fl.engine.server import server_step
 from fl.transport.pipeline import ModelPoisoning, Pipeline, StalenessWeight
@@ -118,7 +119,10 @@ def summary_line(summary: dict) -> str:
     shown = " ".join(f"{k}={final[k]:.4f}" for k in _SUMMARY_KEYS if isinstance(final.get(k), float))
     per_round = summary.get("round_s_mean")
     timing = f", {per_round:.2f} s per round (+{summary.get('eval_s', 0):.1f} s evaluating)" if per_round else ""
-    return (f"{summary['status']}: {summary.get('rounds_run', 0)} rounds run, {summary.get('rounds')} in all"
+    reached = summary.get("reached_target")
+    extent = (f"stopped at round {reached['round']} of at most {summary.get('rounds')}: {reached['metric']} reached "
+              f"{reached['value']:.4f} (target {reached['target']:g})" if reached else f"{summary.get('rounds')} in all")
+    return (f"{summary['status']}: {summary.get('rounds_run', 0)} rounds run, {extent}"
             f"{timing}{'; ' + shown if shown else ''}")
 
 
@@ -133,6 +137,8 @@ def _shown(path: Path) -> str:
 def _set_up(cfg: DictConfig, comm: Comm, job: Job, run_dir: Path, existing: Existing, stop: StopRequest) -> "Rounds":
     """Everything that can refuse the job (data, model, resume), before anything is written."""
     fed = build_federation(cfg, comm, job.device)
+    stop_target.check(stop_target.of(cfg), fed.spec.task, fed.spec.num_classes == 2, fed.test is not None,
+                      float(cfg.fl.holdout_fraction) > 0)
     fm = build_flat_model(cfg, fed.spec, job.device)
     job.strategy.on_model(fm)
     check_trainable(cfg, fm.module)
@@ -146,7 +152,13 @@ def _already_complete(comm: Comm, run_dir: Path, existing: Existing) -> dict:
     info = dict(existing.info or {})
     final = info.get("final") or {}
     shown = " ".join(f"{k}={v:.4f}" for k, v in final.items() if k in _SUMMARY_KEYS and isinstance(v, float))
-    if comm.is_main:
+    reached = info.get("reached_target")
+    if comm.is_main and reached:
+        log.info("%s is already complete: it reached %s=%.4f (target %g) at round %s, finished %s%s; nothing to do. "
+                 "Set a stricter fl.target, or fl.target=null, to continue it, or use a new run dir", run_dir,
+                 reached["metric"], reached["value"], reached["target"], reached["round"], info.get("end_time", "?"),
+                 f": {shown}" if shown else "")
+    elif comm.is_main:
         log.info("%s is already complete (%s rounds, finished %s)%s; nothing to do. Raise fl.rounds to continue it, "
                  "or use a new run dir", run_dir, info.get("rounds"), info.get("end_time", "?"),
                  f": {shown}" if shown else "")
@@ -183,6 +195,7 @@ class Rounds:
         self.residuals = ClientStore(run_dir / "client_residuals", int(cfg.fl.checkpoint_every),
                                      int(cfg.fl.keep_checkpoints)) if self.uplink_codec.keeps_residual else None
         self.resume = Resume(0)
+        self.target = stop_target.of(cfg)
         self.global_flat = fm.flat.detach().clone()
         per_rank = -(-int(cfg.fl.clients_per_round) // comm.world_size)
         self.asynchronous = AsyncSettings.of(cfg)
@@ -213,6 +226,7 @@ class Rounds:
         train_s = eval_s = train_cpu_s = 0.0
         last: dict[str, float] = {}
         preempted = False
+        reached: dict | None = None
         # A bar only on a terminal: redirected to a file or a CI log it would be carriage-return spam.
         bar = tqdm(total=rounds, initial=start, desc="rounds", unit="round", dynamic_ncols=True,
                    disable=not (comm.is_main and cfg.runtime.progress and sys.stderr.isatty()))
@@ -231,9 +245,10 @@ class Rounds:
                     metrics["round_s"] = time.perf_counter() - t0 - t_eval
                     if evaluated:
                         metrics["eval_s"] = t_eval
+                        reached = self._reached(rnd + 1, metrics)
                     sink.log_round(rnd + 1, metrics, evaluated)
                     if result.stop or (cfg.fl.checkpoint_every and ((rnd + 1) % cfg.fl.checkpoint_every == 0
-                                                                    or rnd + 1 == rounds)):
+                                                                    or rnd + 1 == rounds or reached)):
                         self._checkpoint(rnd + 1, global_flat)
                     train_s += time.perf_counter() - t0 - t_eval
                     train_cpu_s += time.process_time() - cpu0 - cpu_eval
@@ -242,6 +257,11 @@ class Rounds:
                     bar.set_postfix({k: f"{last[k]:.4f}" for k in ("train_loss", "test_accuracy", "test_mae") if k in last})
                     bar.update()
                     log.info("%s", round_line(rnd + 1, rounds, metrics))
+                    if reached:
+                        if comm.is_main:
+                            log.info("target reached: %s=%.4f (%s) at round %d; the run is complete",
+                                     self.target.metric, reached["value"], self.target.describe(), rnd + 1)
+                        break
                     if result.stop:
                         preempted = rnd + 1 < rounds
                         if comm.is_main:
@@ -251,7 +271,7 @@ class Rounds:
         finally:
             bar.close()
             sink.close()
-        done = rnd + 1 - start if preempted else rounds - start
+        done = rnd + 1 - start if (preempted or reached) else rounds - start
         if comm.is_main and not preempted:
             self.fm.load_(global_flat)
             save_torch(self.run_dir / "final_model.pt", self.fm.state_dict())
@@ -260,7 +280,16 @@ class Rounds:
             last = {k: v for k, v in (_last_record(self.run_dir / "metrics.jsonl") or {}).items() if k != "round"}
         return {"rounds": rounds, "resumed_from_round": start, "rounds_run": done, "preempted": preempted,
                 "train_s": train_s, "train_cpu_s": train_cpu_s, "eval_s": eval_s,
-                "round_s_mean": train_s / done if done else None, "rounds_started_unix": rounds_started, "final": last}
+                "round_s_mean": train_s / done if done else None, "rounds_started_unix": rounds_started, "final": last,
+                **({"reached_target": reached} if reached else {})}
+
+    def _reached(self, round_num: int, metrics: dict[str, float]) -> dict | None:
+        """Collective when a target is set: its record if this evaluation reaches it (decided on rank 0,
+        which holds the client metrics), else ``None``; the same on every rank."""
+        if self.target is None:
+            return None
+        mine = self.target.record(round_num, metrics) if self.comm.is_main and self.target.met(metrics) else None
+        return self.comm.broadcast_object(mine)
 
     def _round_metrics(self, rnd: int, result: RoundResult) -> dict[str, float]:
         metrics = {"train_loss": result.train_loss, "clients": result.num_clients, "dropped": result.dropped,

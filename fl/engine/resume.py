@@ -4,7 +4,9 @@ Decided before anything is written, identically on every rank, from the newest r
 checkpoint's metadata and the previous ``run.json`` (:class:`fl.engine.rundir.Existing`):
 
 * a checkpoint whose config fingerprint differs, or one past ``fl.rounds``, refuses the job;
-* a checkpoint at ``fl.rounds`` of a run that completed: the run is already complete;
+* a checkpoint at ``fl.rounds`` of a run that completed, or at the round where a completed run
+  reached a target (``reached_target`` in ``run.json``) that ``fl.target`` still accepts: the run
+  is already complete (a stricter target, or none, continues it);
 * otherwise the job resumes from the checkpoint;
 * no checkpoint but a previous ``run.json``: a completed run cannot be continued (nothing to
   resume from) unless it is the same job, which is then complete; an unfinished attempt of the
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 
 from fl.errors import ConfigError
+from fl.engine import target as stop_target
 from fl.engine.rundir import Existing
 
 # Keys whose change would make a resumed run differ from the run that wrote the checkpoint.
@@ -62,12 +65,16 @@ def decide(cfg: DictConfig, checkpoint: dict | None, existing: Existing) -> Resu
     ``checkpoint``: the newest readable checkpoint's ``round`` and ``fingerprint``, or ``None``.
     """
     now, rounds, where = fingerprint(cfg), int(cfg.fl.rounds), existing.path
+    reached = (existing.info or {}).get("reached_target") if existing.status == "completed" else None
+    stopped_early = stop_target.still_met(stop_target.of(cfg), reached)
     if checkpoint is not None:
         _same(now, checkpoint["fingerprint"], f"the checkpoint in {where}/checkpoints was written with")
         start = int(checkpoint["round"])
         if start > rounds:
             raise ConfigError("fl.rounds", rounds, f"must be >= {start}, the rounds already done by the checkpoint "
                               f"in {where}/checkpoints")
+        if stopped_early and start == int(reached["round"]):
+            return Resume(start, complete=True)
         return Resume(start, complete=start == rounds and existing.status == "completed")
     if existing.info is None:
         if existing.foreign:
@@ -80,6 +87,12 @@ def decide(cfg: DictConfig, checkpoint: dict | None, existing: Existing) -> Resu
     if existing.status != "completed":
         return Resume(0)  # an unfinished attempt of this job with no checkpoint: start it over
     done = existing.info.get("rounds")
+    if before is not None and stopped_early:
+        return Resume(int(reached["round"]), complete=True)
+    if reached:
+        raise ConfigError("fl.target", cfg.fl.target, f"the run in {where} stopped at round {reached['round']}, when "
+                          f"{reached['metric']} reached {reached['value']:.4f} (target {reached['target']:g}), and kept "
+                          "no checkpoint to continue from (fl.checkpoint_every=0); use a new run dir")
     if before is not None and done == rounds:
         return Resume(rounds, complete=True)
     raise ConfigError("fl.rounds", rounds, f"the run in {where} completed {done} rounds and kept no checkpoint to "
