@@ -25,9 +25,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from fl.data import ondisk  # noqa: E402
 
 SHAPE = (3, 32, 32)
 

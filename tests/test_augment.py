@@ -7,7 +7,6 @@ import torch
 
 from conftest import fork_ranks, make_cfg, run_job
 from fl.data.augment import Augment, augment
-from fl.errors import ConfigError
 
 
 def test_crop_moves_the_content_and_flip_mirrors_it():
