@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 
@@ -16,6 +17,7 @@ from fl.data.federation import ClientShard
 from fl.errors import ConfigError
 from fl.models import cnn_bn, cnn_padded
 from fl.strategies import FedAvg
+from fl.strategies.ditto import Ditto
 from fl.strategies.fedprox import FedProx
 from fl.strategies.scaffold import Scaffold
 from fl.training.batched import SGD, BatchedTrainer
@@ -145,6 +147,35 @@ def test_fedprox_and_scaffold_batched_equal_serial(tmp_path):
         if name == "fedprox":  # the term acts: without it the updates differ
             plain = [local_train(fm, start, s, t) for s, t in zip(shards, _tasks(make, epochs=(1, 2)))]
             assert not torch.allclose(plain[4].delta, results["auto"][4].delta, atol=1e-4)
+
+
+def test_ditto_personal_models_batched_equal_serial(tmp_path):
+    shards = _digits_shards()
+    torch.manual_seed(0)
+    fm = FlatModel(_mlp_dropout())
+    start = fm.flat.detach().clone()
+    make = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.5)
+    personal = {}
+    for mode in ("off", "auto"):
+        strategy = Ditto(lam=0.5)
+        training = ClientTraining(mode, 1024, fm, strategy, make, shards, (1, 8, 8), "classification", 16, None,
+                                  len(SIZES), False)
+        assert training.batched == (mode == "auto")
+        store = ClientStore(tmp_path / mode, 5, 3)
+        updates = []
+        for rnd in (3, 4):  # round 4 starts each personal model from the one round 3 kept
+            tasks = [dataclasses.replace(t, round_idx=rnd) for t in _tasks(make, epochs=(1, 2), store=store)]
+            updates.append(list(training.train(strategy, fm, start, list(zip(shards, tasks)))))
+        personal[mode] = [store.load(cid, 5, start.device)["v"] for cid in range(len(SIZES))]
+        personal[mode + "-3"] = [store.load(cid, 4, start.device)["v"] for cid in range(len(SIZES))]
+        if mode == "auto":
+            for a, b in zip(serial_updates, updates, strict=True):
+                _assert_same(a, b)
+        serial_updates = updates
+    for key in ("off", "off-3"):
+        for a, b in zip(personal[key], personal[key.replace("off", "auto")], strict=True):
+            torch.testing.assert_close(b, a, rtol=0, atol=2e-6)
+    assert not torch.allclose(personal["auto"][0], personal["auto-3"][0]), "round 4 trained on from round 3"
 
 
 class _FunctionalDropout(nn.Module):

@@ -82,9 +82,8 @@ def test_finetune_reports_global_and_personalized_side_by_side(tmp_path):
 
 def _ditto(tmp_path, name, lam):
     cfg = make_cfg("partition=shards", "fl.num_clients=6", "fl.clients_per_round=4", "fl.rounds=4", "optim.lr=0.1",
-                   "fl.checkpoint_every=0", "fl.eval_every=4", "fl.holdout_fraction=0.3", *(
-                       ("strategy=ditto", f"strategy.lam={lam}") if lam is not None else
-                       ("fl.client_batch=off",)))  # Ditto trains one client at a time: compare like with like
+                   "fl.checkpoint_every=0", "fl.eval_every=4", "fl.holdout_fraction=0.3",
+                   *(("strategy=ditto", f"strategy.lam={lam}") if lam is not None else ()))
     summary = fork_ranks(2, run_job, tmp_path, cfg, tmp_path / name)[0]
     return torch.load(tmp_path / name / "final_model.pt", weights_only=True), summary
 

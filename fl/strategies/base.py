@@ -56,15 +56,30 @@ class Strategy:
         """The client's update once ``job`` has trained (default: as trained); may save client state."""
         return update
 
+    def personal_job(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard,
+                     task: ClientTask) -> LocalJob | None:
+        """A second local training, after the one whose update the client sends, of a model the client
+        keeps (Ditto's personal model), or ``None`` (default). Serial and batched training both run it."""
+        return None
+
+    def keep_personal(self, job: LocalJob, weights: torch.Tensor) -> None:
+        """Save ``weights``, what :meth:`personal_job`'s ``job`` trained."""
+
     def batch_support(self) -> str | None:
         """Why this strategy's clients cannot be trained together (:mod:`fl.training.batched`), or ``None``."""
         return None
 
     def client_update(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard,
                       task: ClientTask) -> ClientUpdate:
-        """Run the client's local training (serially): its :meth:`local_job`, then :meth:`finish_update`."""
+        """Run the client's local training (serially): its :meth:`local_job`, then :meth:`finish_update`,
+        then its :meth:`personal_job`, if any."""
         job = self.local_job(fm, global_flat, shard, task)
-        return self.finish_update(job, local_train(fm, job.start, shard, job.task, job.term))
+        update = self.finish_update(job, local_train(fm, job.start, shard, job.task, job.term))
+        personal = self.personal_job(fm, global_flat, shard, task)
+        if personal is not None:
+            local_train(fm, personal.start, shard, personal.task, personal.term)
+            self.keep_personal(personal, fm.flat)
+        return update
 
     def vector_dim(self, model_dim: int) -> int:
         """Length of :meth:`client_vector` (default: the flat model; more for strategies that

@@ -8,20 +8,20 @@ what it sends, and (2) trains its personal model ``v`` on ``loss(v) + lambda/2 |
 with ``w`` the global model of the round start, for the same local work. ``v`` starts as the
 global model at a client's first participation and lives in the client store (one
 model-sized file per client); federated evaluation uses it (``personal_`` metrics). The
-global model is exactly FedAvg's.
+global model is exactly FedAvg's. Batched client training (:mod:`fl.training.batched`) trains a
+chunk's personal models together too, after their global ones.
 """
 
 from __future__ import annotations
 
 import torch
 
-from fl.training.local import local_train
 from fl.data.federation import ClientShard
 from fl.errors import ConfigError
 from fl.training.flat import FlatModel
 from fl.strategies.fedavg import FedAvg
-from fl.training.job import LocalTerm
-from fl.types import ClientTask, ClientUpdate
+from fl.training.job import LocalJob, LocalTerm
+from fl.types import ClientTask
 
 
 class Ditto(FedAvg):
@@ -34,17 +34,14 @@ class Ditto(FedAvg):
             raise ConfigError("strategy.lam", lam, "must be >= 0 (the pull of personal models toward the global one)")
         self.lam = float(lam)
 
-    def client_update(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard,
-                      task: ClientTask) -> ClientUpdate:
-        update = super().client_update(fm, global_flat, shard, task)
+    def personal_job(self, fm: FlatModel, global_flat: torch.Tensor, shard: ClientShard,
+                     task: ClientTask) -> LocalJob:
         saved = task.store.load(task.client_id, task.round_idx, global_flat.device)
         personal = global_flat if saved is None else saved["v"]
-        local_train(fm, personal, shard, task, LocalTerm(self.lam, global_flat[:fm.num_params]))
-        task.store.save(task.client_id, task.round_idx, {"v": fm.flat})
-        return update
+        return LocalJob(personal, task, LocalTerm(self.lam, global_flat[:fm.num_params]))
 
-    def batch_support(self) -> str | None:
-        return "strategy=ditto trains a personal model after the global one; its clients train one at a time"
+    def keep_personal(self, job: LocalJob, weights: torch.Tensor) -> None:
+        job.task.store.save(job.task.client_id, job.task.round_idx, {"v": weights})
 
     def personal_model(self, fm: FlatModel, global_flat: torch.Tensor, client_id: int, round_idx: int,
                        store: object, shard: ClientShard) -> None:

@@ -23,8 +23,8 @@ client's noise stream in Opacus' order and divided by the expected batch size; a
 Poisson batch is empty takes no step, as on the serial path.
 
 Not batched (the run trains serially and says why, :mod:`fl.training.clients`): models with
-buffers (BatchNorm's running statistics), optimizers other than SGD, strategies that train more
-than one model per client (Ditto) or keep per-client BatchNorm (FedBN), data streamed from disk.
+buffers (BatchNorm's running statistics, so FedBN's per-client statistics too), optimizers other
+than SGD, data streamed from disk. Ditto's personal models train batched as a second pass.
 """
 
 from __future__ import annotations

@@ -82,5 +82,10 @@ class ClientTraining:
                 yield strategy.client_update(fm, start, shard, task)
             return
         jobs = [(strategy.local_job(fm, start, shard, task), shard) for shard, task in items]
-        for (job, _), update in zip(jobs, self.trainer.train(jobs)):
+        updates = self.trainer.train(jobs)
+        personal = [(job, shard) for shard, task in items
+                    if (job := strategy.personal_job(fm, start, shard, task)) is not None]
+        for (job, _), update in zip(personal, self.trainer.train(personal)):
+            strategy.keep_personal(job, job.start.to(update.delta.device) + update.delta)
+        for (job, _), update in zip(jobs, updates):
             yield strategy.finish_update(job, update)
