@@ -22,7 +22,9 @@ from conftest import REPO, fork_ranks, make_cfg, run_job
 
 pytestmark = pytest.mark.e2e
 
-JOB = ["model=cnn_padded", "fl.num_clients=10", "fl.clients_per_round=8", "fl.rounds=16", "fl.local_epochs=2", "optim.lr=0.1",
+# 12 short rounds: enough to be stopped in (after two) and to resume from (a checkpoint every two).
+# Evaluation and checkpoints do not change the model, so one undisturbed run is every test's reference.
+JOB = ["model=cnn_padded", "fl.num_clients=10", "fl.clients_per_round=8", "fl.rounds=12", "fl.local_epochs=1", "optim.lr=0.1",
        "fl.eval_every=4", "fl.checkpoint_every=2", "runtime.progress=false"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -89,31 +91,7 @@ def test_kill_9_of_a_rank_under_max_restarts_gives_the_same_model(tmp_path, refe
     assert info["status"] == "completed" and info["restart_count"] == 1 and info["resumed_from_round"] >= 4
     _assert_same_model(run_dirs[0] / "final_model.pt", reference)
     rounds = [json.loads(x)["round"] for x in (run_dirs[0] / "metrics.jsonl").read_text().splitlines()]
-    assert rounds == [4, 8, 12, 16], "metrics from the killed attempt's unfinished rounds are dropped"
-
-
-def test_sigterm_checkpoints_and_the_rerun_continues(tmp_path, reference):
-    run_dir = tmp_path / "run"
-    cmd = _torchrun("--standalone", "--nproc_per_node=2") + JOB + ["fl.checkpoint_every=100", "fl.eval_every=1",
-                                                                   f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = run_dir / "metrics.jsonl"
-    _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, proc, "two rounds")
-    proc.send_signal(signal.SIGTERM)  # what SLURM sends to the job step on preemption or scancel
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["status"] == "preempted", err[-3000:]
-    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
-    assert len(ckpts) == 1 and ckpts[0] != "round_000016.pt", ckpts
-    assert "stop requested: checkpoint of round" in err
-    assert not (run_dir / "final_model.pt").exists()
-
-    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["status"] == "completed" and info["resumed_from_round"] == int(ckpts[0][6:12])
-    _assert_same_model(run_dir / "final_model.pt", reference)
+    assert rounds == [4, 8, 12], "metrics from the killed attempt's unfinished rounds are dropped"
 
 
 def _free_port() -> int:
@@ -175,15 +153,13 @@ def _interrupt_after_two_rounds(cmd: list[str], run_dir: Path, signals: int = 1)
     return proc, err
 
 
-SHORT = JOB + ["fl.rounds=12", "fl.local_epochs=1"]  # less work keeps the test short; 10 rounds left to stop in
+CTRL_C_JOB = JOB + ["fl.checkpoint_every=100", "fl.eval_every=1"]
 
 
-CTRL_C_JOB = SHORT + ["fl.checkpoint_every=100", "fl.eval_every=1"]
-
-
-def _ctrl_c_then_rerun(tmp_path: Path, cmd: list[str], run_dir: Path, exit_code: int | None = None) -> str:
+def _ctrl_c_then_rerun(cmd: list[str], run_dir: Path, reference: dict[str, torch.Tensor],
+                      exit_code: int | None = None) -> str:
     """Ctrl-C after two rounds: status interrupted and one checkpoint before the last round; the
-    rerun completes from it with the model of the uninterrupted run in ``tmp_path/reference``.
+    rerun completes from it with the ``reference`` model (the uninterrupted run's).
     ``exit_code``: the interrupted job's exit status (any failure when None). Returns its stderr."""
     proc, err = _interrupt_after_two_rounds(cmd, run_dir)
     assert proc.returncode == exit_code if exit_code is not None else proc.returncode != 0, err[-3000:]
@@ -194,8 +170,7 @@ def _ctrl_c_then_rerun(tmp_path: Path, cmd: list[str], run_dir: Path, exit_code:
     assert again.returncode == 0, again.stderr[-3000:]
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "completed" and info["resumed_from_round"] == int(ckpts[0][6:12])
-    _assert_same_model(run_dir / "final_model.pt", torch.load(tmp_path / "reference" / "final_model.pt",
-                                                              weights_only=True))
+    _assert_same_model(run_dir / "final_model.pt", reference)
     return err
 
 
@@ -203,14 +178,15 @@ def test_ctrl_c_checkpoints_says_interrupted_and_the_rerun_gives_the_uninterrupt
     fork_ranks(1, run_job, tmp_path, make_cfg(*CTRL_C_JOB), tmp_path / "reference")
     run_dir = tmp_path / "run"
     cmd = [sys.executable, str(REPO / "train.py"), *CTRL_C_JOB, f"hydra.run.dir={run_dir}"]
-    err = _ctrl_c_then_rerun(tmp_path, cmd, run_dir, exit_code=130)
+    reference = torch.load(tmp_path / "reference" / "final_model.pt", weights_only=True)
+    err = _ctrl_c_then_rerun(cmd, run_dir, reference, exit_code=130)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path):
     run_dir = tmp_path / "run"
     # rounds of about a second, so that the second Ctrl-C (50 ms after the first) lands inside one
-    cmd = [sys.executable, str(REPO / "train.py"), *SHORT, "fl.local_epochs=20", "fl.eval_every=1",
+    cmd = [sys.executable, str(REPO / "train.py"), *JOB, "fl.local_epochs=20", "fl.eval_every=1",
            f"hydra.run.dir={run_dir}"]
     proc, err = _interrupt_after_two_rounds(cmd, run_dir, signals=2)
     assert proc.returncode == 130, err[-3000:]
@@ -220,9 +196,30 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
     assert not (run_dir / "final_model.pt").exists()
 
 
-def test_ctrl_c_under_torchrun_checkpoints_and_the_rerun_gives_the_uninterrupted_model(tmp_path):
-    fork_ranks(2, run_job, tmp_path, make_cfg(*CTRL_C_JOB), tmp_path / "reference")
+def test_sigterm_then_ctrl_c_under_torchrun_checkpoint_and_the_reruns_give_the_uninterrupted_model(tmp_path, reference):
+    # SIGTERM: what SLURM sends to the job step on preemption or scancel; SIGINT: Ctrl-C in a terminal.
     run_dir = tmp_path / "run"
     cmd = _torchrun("--standalone", "--nproc_per_node=2") + CTRL_C_JOB + [f"hydra.run.dir={run_dir}"]
-    err = _ctrl_c_then_rerun(tmp_path, cmd, run_dir)
-    assert "received SIGINT: stopping after the current round" in err
+    metrics = run_dir / "metrics.jsonl"
+    stopped = []
+    for sig, status, says in ((signal.SIGTERM, "preempted", "stop requested: checkpoint of round"),
+                              (signal.SIGINT, "interrupted", "received SIGINT: stopping after the current round")):
+        done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= done + 2, proc, "two rounds")
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        assert json.loads((run_dir / "run.json").read_text())["status"] == status, err[-3000:]
+        assert says in err and not (run_dir / "final_model.pt").exists()
+        ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
+        assert ckpts[-1] != "round_000012.pt", ckpts
+        stopped.append(int(ckpts[-1][6:12]))
+        if len(stopped) == 2:
+            info = json.loads((run_dir / "run.json").read_text())
+            assert info["resumed_from_round"] == stopped[0] < stopped[1], (info, stopped)
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "completed" and info["resumed_from_round"] == stopped[1]
+    _assert_same_model(run_dir / "final_model.pt", reference)

@@ -63,18 +63,7 @@ def _until(predicate, what: str, timeout_s: float = 180) -> None:
         time.sleep(0.2)
 
 
-def test_sbatch_runs_a_two_rank_job(slurm, tmp_path):
-    env = {**slurm, "FL_RUN_DIR": str(tmp_path / "run")}
-    job = _sbatch(env, tmp_path, "fl.rounds=3", *JOB)
-    _until(lambda: _job_state(env, job) == "", "the job to finish")
-    log = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
-    info = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert info["status"] == "completed" and info["world_size"] == 2 and info["backend"] == "gloo"
-    assert (tmp_path / "run" / "final_model.pt").exists()
-    assert "run status: completed" in log
-
-
-def test_time_limit_signal_checkpoints_requeues_and_continues(slurm, tmp_path):
+def test_a_two_rank_job_checkpoints_on_the_time_limit_signal_requeues_and_continues(slurm, tmp_path):
     run_dir = tmp_path / "run"
     env = {**slurm, "FL_RUN_DIR": str(run_dir)}
     job = _sbatch(env, tmp_path, "fl.rounds=30", *JOB)
@@ -96,8 +85,10 @@ def test_time_limit_signal_checkpoints_requeues_and_continues(slurm, tmp_path):
     _until(lambda: _job_state(env, again) == "", "the continued job to finish", timeout_s=300)
     log = (tmp_path / f"slurm-{again}.out").read_text()
     assert f"resuming from round_{stopped_at:06d}.pt" in log, log[-3000:]
+    assert "run status: completed" in log
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "completed" and info["resumed_from_round"] == stopped_at
+    assert info["world_size"] == 2 and info["backend"] == "gloo"
 
     fork_ranks(2, run_job, tmp_path, make_cfg("fl.rounds=30", *JOB), tmp_path / "clean")
     clean = torch.load(tmp_path / "clean" / "final_model.pt", weights_only=True)
