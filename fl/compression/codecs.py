@@ -318,7 +318,7 @@ def _top_indices(a: torch.Tensor, k: int) -> torch.Tensor:
     rank = min(len(sample), max(1, (3 * k) // (2 * stride)))  # about 1.5 k entries of a pass
     while True:
         threshold = sample.topk(rank, sorted=True).values[-1]
-        candidates = (a >= threshold).nonzero().squeeze(1)
+        candidates = _above(a, threshold)
         if len(candidates) >= k or rank == len(sample):
             break
         rank = min(len(sample), 2 * rank)
@@ -326,6 +326,15 @@ def _top_indices(a: torch.Tensor, k: int) -> torch.Tensor:
         return a.topk(k, sorted=False).indices.sort().values
     best = a[candidates].topk(k, sorted=False).indices
     return candidates[best].sort().values
+
+
+def _above(a: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """The (sorted, int64) indices of the entries of ``a`` at or above ``threshold``. On a CPU
+    through numpy, whose ``flatnonzero`` is about three times as fast as torch's ``nonzero``
+    on a million entries."""
+    if a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64):
+        return (a >= threshold).nonzero().squeeze(1)
+    return torch.from_numpy(np.flatnonzero(a.numpy() >= threshold.item()))
 
 
 def _uniform16(n: int, key: Key, device: torch.device | str) -> torch.Tensor:
