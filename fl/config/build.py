@@ -206,7 +206,10 @@ def build_optimizer_factory(cfg: DictConfig) -> OptimizerFactory:
         factory([torch.nn.Parameter(torch.zeros(1))])
     except (TypeError, ValueError) as e:
         raise ConfigError("optim", OmegaConf.to_container(cfg.optim), str(e)) from None
-    return factory
+    # The probe above went through Hydra's partial, which checks the target and what it returns
+    # on every call (about 0.4 ms). Serial training builds one optimizer per client per round,
+    # so clients get a plain partial of the same, already checked, class and arguments.
+    return partial(factory.func, *factory.args, **factory.keywords)
 
 
 def build_augment(cfg: DictConfig, spec: DatasetSpec) -> Augment | None:
