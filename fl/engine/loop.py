@@ -54,6 +54,7 @@ from fl.runtime.preemption import StopRequest
 from fl.engine.records import save_torch, write_json
 from fl.engine.resume import Resume, decide, fingerprint
 from fl.engine.rundir import Existing, agree_run_dir
+from fl.engine.settings import RoundSettings
 from fl.runtime.env import DistEnv, process_group
 from fl.strategies.base import Strategy
 from fl.data.federation import ClientShard
@@ -197,7 +198,8 @@ class Rounds:
         self.resume = Resume(0)
         self.target = stop_target.of(cfg)
         self.global_flat = fm.flat.detach().clone()
-        per_rank = -(-int(cfg.fl.clients_per_round) // comm.world_size)
+        self.knobs = RoundSettings.of(cfg)
+        per_rank = -(-self.knobs.clients_per_round // comm.world_size)
         self.asynchronous = AsyncSettings.of(cfg)
         self.schedule = None if self.asynchronous is None else async_schedule.build(
             int(cfg.fl.num_clients), self.asynchronous.concurrency, self.asynchronous.buffer_size, int(cfg.fl.rounds),
@@ -318,8 +320,8 @@ class Rounds:
         if self.schedule is not None:
             return self._train_step(rnd, global_flat)
         self.sim_clock += self._sync_round_time(rnd)
-        cfg, comm = self.cfg, self.comm
-        cohort = sample_cohort(cfg.seed, rnd, cfg.fl.num_clients, cfg.fl.clients_per_round)
+        knobs, comm = self.knobs, self.comm
+        cohort = sample_cohort(knobs.seed, rnd, knobs.num_clients, knobs.clients_per_round)
         by_rank = assign(cohort, comm.world_size, self.fed.per_site)
         received = self.downlink.received(global_flat)  # what clients train from
         downlink_bytes = len(cohort) * self.downlink.bytes_per_client(len(global_flat))
@@ -331,22 +333,22 @@ class Rounds:
                 continue
             shard = self.fed.shards[cid]
             training.append((self.attack.training_shard(cid, shard),
-                             ClientTask(cid, rnd, cfg.seed, plan, self.make_optimizer, self.store, self.local_dp,
+                             ClientTask(cid, rnd, knobs.seed, plan, self.make_optimizer, self.store, self.local_dp,
                                         self.augment, self.fed.spec.task)))
             if self.accountant is not None:
                 self.accountant.record(cid, shard.num_train, _steps(shard.num_train, plan))
         for update in self.clients.train(self.strategy, self.fm, received, training):  # batched or one by one
             agg.add(update)  # the pipeline applies the attack of a malicious client
         combined = agg.combine(rnd, self.stop.requested)  # the transport: move and combine numbers
-        result = server_step(self.strategy, pipeline, int(cfg.fl.min_clients_per_round), rnd, global_flat, combined)
+        result = server_step(self.strategy, pipeline, knobs.min_clients_per_round, rnd, global_flat, combined)
         self.downlink.send(rnd, result.new_global)
         return dataclasses.replace(result, downlink_bytes=downlink_bytes)
 
     def _aggregation(self, rnd: int, cohort: list[int], by_rank: list[list[int]],
                      staleness: StalenessWeight | None = None):
         """The round's update pipeline and the aggregator of its transport (secure sum over ``cohort``)."""
-        cfg, comm = self.cfg, self.comm
-        uplink = Uplink(self.uplink_codec, int(cfg.seed), rnd, self.strategy.vector_dim(len(self.fm)), self.residuals,
+        knobs, comm = self.knobs, self.comm
+        uplink = Uplink(self.uplink_codec, knobs.seed, rnd, self.strategy.vector_dim(len(self.fm)), self.residuals,
                         self.strategy.compressible_dim(len(self.fm)))
         secure = isinstance(self.secagg, Masking)
         pipeline = Pipeline.standard(uplink, self.strategy.transforms(), self.privacy, rnd, shares=secure,
@@ -355,17 +357,17 @@ class Rounds:
             from fl.transport.secure_sum import SecureSumAggregator  # cryptography: only runs with secagg import it
 
             agg = SecureSumAggregator(self.strategy, comm, len(self.fm), self.device, cohort, by_rank[comm.rank], rnd,
-                                      self.secagg.frac_bits, int(cfg.fl.min_clients_per_round), None,
+                                      self.secagg.frac_bits, knobs.min_clients_per_round, None,
                                       self.secagg.dropout == "recover", float(self.secagg.threshold), pipeline=pipeline)
         else:
             agg = make_aggregator(self.transport, self.strategy, comm, len(self.fm), self.device,
-                                  max(len(r) for r in by_rank), int(cfg.fl.min_clients_per_round), pipeline=pipeline)
+                                  max(len(r) for r in by_rank), knobs.min_clients_per_round, pipeline=pipeline)
         return pipeline, agg
 
     def _train_step(self, k: int, global_flat: torch.Tensor) -> RoundResult:
         """Asynchronous server step ``k`` of the schedule: its buffer's clients train on the ranks, each
         from the version it downloaded; their staleness-weighted updates make version ``k + 1``."""
-        cfg, comm = self.cfg, self.comm
+        knobs, comm = self.knobs, self.comm
         step = self.schedule.steps[k]  # type: ignore[union-attr]
         if k == 0 and not self.versions:
             self.versions[0] = self.downlink.received(global_flat).clone()
@@ -378,13 +380,13 @@ class Rounds:
         jobs = sorted((job for job in step.jobs if job.client_id in mine), key=lambda j: (j.base, j.client_id))
         for base in sorted({job.base for job in jobs}):
             training = [(self.attack.training_shard(job.client_id, self.fed.shards[job.client_id]),
-                         ClientTask(job.client_id, job.draw, cfg.seed, self._plan(job.draw, job.client_id),
+                         ClientTask(job.client_id, job.draw, knobs.seed, self._plan(job.draw, job.client_id),
                                     self.make_optimizer, self.store, None, self.augment, self.fed.spec.task))
                         for job in jobs if job.base == base]
             for update in self.clients.train(self.strategy, self.fm, self.versions[base], training):
                 agg.add(update)
         combined = agg.combine(k, self.stop.requested)
-        result = server_step(self.strategy, pipeline, int(cfg.fl.min_clients_per_round), k, global_flat, combined)
+        result = server_step(self.strategy, pipeline, knobs.min_clients_per_round, k, global_flat, combined)
         downlink_bytes = step.downloads * self.downlink.bytes_per_client(len(global_flat))
         self.downlink.send(k, result.new_global)
         needed = set(self.schedule.ring(k + 1))  # type: ignore[union-attr]
@@ -394,33 +396,31 @@ class Rounds:
 
     def _plan(self, draw: int, cid: int) -> LocalTraining:
         """Client ``cid``'s local work in round (or asynchronous draw) ``draw``."""
-        epochs = client_epochs(self.cfg.seed, draw, cid, self.plan.epochs, self.cfg.fl.local_epochs_max)
+        epochs = client_epochs(self.knobs.seed, draw, cid, self.plan.epochs, self.knobs.local_epochs_max)
         return self.plan if epochs == self.plan.epochs else LocalTraining(epochs, self.plan.steps, self.plan.batch_size)
 
     def _duration(self, cid: int, plan: LocalTraining) -> float:
         """Simulated seconds of a client's local work, in local steps of the fastest client."""
-        fl_cfg = self.cfg.fl
-        return _steps(self.fed.num_train(cid), plan) * slowdown(
-            self.cfg.seed, cid, float(fl_cfg.client_slowdown_max),
-            None if fl_cfg.client_slowdown_tail is None else float(fl_cfg.client_slowdown_tail))
+        knobs = self.knobs
+        return _steps(self.fed.num_train(cid), plan) * slowdown(knobs.seed, cid, knobs.slowdown_max, knobs.slowdown_tail)
 
     def _work(self, cid: int, draw: int) -> tuple[float, bool]:
         """An asynchronous job's simulated duration and whether it fails (the schedule's input)."""
         return (self._duration(cid, self._plan(draw, cid)),
-                drops_out(self.cfg.seed, draw, cid, float(self.cfg.fl.dropout_rate)))
+                drops_out(self.knobs.seed, draw, cid, self.knobs.dropout_rate))
 
     def _sync_round_time(self, rnd: int) -> float:
-        cohort = sample_cohort(self.cfg.seed, rnd, self.cfg.fl.num_clients, self.cfg.fl.clients_per_round)
+        knobs = self.knobs
+        cohort = sample_cohort(knobs.seed, rnd, knobs.num_clients, knobs.clients_per_round)
         durations = [self._duration(cid, plan) for cid, plan, fate in self._fates(rnd, cohort) if fate != "dropped"]
-        deadline = self.cfg.fl.round_deadline
-        return async_schedule.round_time(durations, None if deadline is None else float(deadline))
+        return async_schedule.round_time(durations, knobs.round_deadline)
 
     def _fates(self, rnd: int, hosted: list[int]) -> list[tuple[int, LocalTraining, str]]:
         """Each hosted client's local plan this round and whether it trains, drops out or is late."""
-        cfg, out = self.cfg, []
+        knobs, out = self.knobs, []
         for cid in hosted:
             plan = self._plan(rnd, cid)
-            if drops_out(cfg.seed, rnd, cid, float(cfg.fl.dropout_rate)):
+            if drops_out(knobs.seed, rnd, cid, knobs.dropout_rate):
                 out.append((cid, plan, "dropped"))
             elif self._late(cid, plan):
                 out.append((cid, plan, "late"))
@@ -432,7 +432,7 @@ class Rounds:
         """The DP-SGD steps this rank's clients take in ``rounds`` (all deterministic), without training."""
         acc = LocalAccountant(self.local_dp, self.plan.batch_size)
         for rnd in rounds:
-            cohort = sample_cohort(self.cfg.seed, rnd, self.cfg.fl.num_clients, self.cfg.fl.clients_per_round)
+            cohort = sample_cohort(self.knobs.seed, rnd, self.knobs.num_clients, self.knobs.clients_per_round)
             hosted = assign(cohort, self.comm.world_size, self.fed.per_site)[self.comm.rank]
             for cid, plan, fate in self._fates(rnd, hosted):
                 if fate == "train":
@@ -456,10 +456,8 @@ class Rounds:
 
     def _late(self, cid: int, plan: LocalTraining) -> bool:
         """Whether a straggler cannot finish its local work before the round deadline."""
-        deadline = self.cfg.fl.round_deadline
-        if deadline is None:
-            return False
-        return self._duration(cid, plan) > float(deadline)
+        deadline = self.knobs.round_deadline
+        return deadline is not None and self._duration(cid, plan) > deadline
 
     def _evaluate(self, rnd: int, global_flat: torch.Tensor) -> dict[str, float]:
         cfg, comm = self.cfg, self.comm
