@@ -1,9 +1,10 @@
 """The ``fl`` keys that a round reads for each client of its cohort, as plain values.
 
 An attribute of an OmegaConf config costs tens of microseconds to read; a round decides every
-cohort client's local work, dropout, slowness and lateness, several keys each. With 50 clients a
-round that read the config each time spent about 12 ms on it (5% of a batched cross-device
-round on a CPU). The values are read once, after the config is checked and its nulls filled.
+cohort client's local work, dropout, slowness and lateness, several keys each. In a profile of
+four serial cross-device rounds of 25 clients on one CPU process, reading the config each time
+took 0.19 s of the rounds' 4.4 s. The values are read once, after the config is checked and its
+nulls filled.
 """
 
 from __future__ import annotations
