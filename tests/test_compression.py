@@ -134,6 +134,23 @@ def test_quantized_sum_equals_the_weighted_mean_of_individually_decoded_vectors(
     assert float((got - exact).abs().max()) > 1e-4, "3 bits are lossy: the check can fail"
 
 
+@pytest.mark.parametrize("codec", [RandK(0.1), Cast("bfloat16")], ids=["random-k", "bf16"])
+def test_a_sum_of_messages_equals_the_weighted_mean_of_individually_decoded_vectors(codec):
+    # random-k adds each message's values at the round's coordinates, without its dense vector
+    dim, cohort = 700, [0, 1, 2, 3]
+    agg = SumAggregator(FedAvg(), Comm(0, 1, CPU), dim, CPU, uplink=Uplink(codec, 5, 2, dim))
+    for cid in cohort:
+        agg.add(_update(cid, dim))
+    got = _aggregate(agg, 2)
+    weights = {cid: 10 + 7 * cid for cid in cohort}
+    decoded = {cid: codec.decode(codec.encode(_update(cid, dim).delta, Key(5, 2, cid)), Key(5, 2, cid))
+               for cid in cohort}
+    want = sum(weights[c] * decoded[c] for c in cohort) / sum(weights.values())
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    exact = sum(weights[c] * _update(c, dim).delta for c in cohort) / sum(weights.values())
+    assert float((got - exact).abs().max()) > 1e-4, "the codec is lossy: the check can fail"
+
+
 @pytest.mark.parametrize("samples", [600, 700_000], ids=["float32 partial sum", "float64 throughout"])
 def test_a_ranks_quantized_sum_is_the_exact_integer_sum_of_its_codes(samples):
     # 10 clients x 4 bits: 10 x 600 x 15 fits float32's integers, 10 x 700,000 x 15 does not

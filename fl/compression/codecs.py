@@ -105,6 +105,10 @@ class Codec:
     def decode(self, enc: Encoded, key: Key) -> torch.Tensor:
         return enc.parts["values"].float()
 
+    def add_decoded(self, out: torch.Tensor, enc: Encoded, key: Key, alpha: float) -> None:
+        """``out += alpha * decode(enc)``, in ``out``'s dtype (a sum of decoded messages)."""
+        out.add_(self.decode(enc, key).to(out.device), alpha=alpha)
+
     def serialize(self, enc: Encoded) -> bytes:
         return _bytes(enc.parts["values"])
 
@@ -287,6 +291,12 @@ class RandK(Codec):
         out = torch.zeros(enc.dim, device=values.device)
         out[self.indices(enc.dim, key, values.device)] = values
         return out
+
+    def add_decoded(self, out: torch.Tensor, enc: Encoded, key: Key, alpha: float) -> None:
+        """``out += alpha * decode(enc)`` on the round's coordinates only: the rest of the decoded
+        vector is zero, so a sum need not build it (a tenth of the passes at ``fraction=0.1``)."""
+        values = enc.parts["values"]
+        out.index_add_(0, self.indices(enc.dim, key, out.device), values.to(out.dtype), alpha=alpha)
 
 
 def largest_magnitude(v: torch.Tensor) -> float:

@@ -143,6 +143,9 @@ class SumAggregator(Aggregator):
         # are summed as exact integers, so the sum does not depend on the order, nor on the world size.
         self.dtype = torch.float64 if self.uplink.active else torch.float32
         self.codes = self.uplink.codec.integer and self.privacy is None
+        # Compressed, without a residual to keep or DP's clip of each decoded vector: a message is
+        # added into the sum as it decodes, without a dense copy where the codec can (random-k).
+        self.direct = self.uplink.active and self.privacy is None and not self.uplink.codec.keeps_residual
         self.scale = 0.0
         self.buf = torch.zeros(self.vdim + WIDTH, device=device, dtype=self.dtype)
 
@@ -155,7 +158,7 @@ class SumAggregator(Aggregator):
 
     def _send_pending(self, scale: float) -> None:
         if not self.codes:
-            return super()._send_pending(scale)
+            return self._send_direct(scale) if self.direct else super()._send_pending(scale)
         self.scale = scale
         head = self.uplink.head
         weights = [float(c.weight) for _, _, c in self.pending]
@@ -171,6 +174,16 @@ class SumAggregator(Aggregator):
             self._count(counters.replace(uplink_bytes=float(nbytes + self.header_bytes)))
         if local.dtype != self.dtype:
             self.buf[:head].add_(local)
+        self.pending.clear()
+
+    def _send_direct(self, scale: float) -> None:
+        head = self.uplink.head
+        for cid, x, counters in self.pending:
+            enc, nbytes = self.uplink.encode(cid, x, scale)
+            weight = float(counters.weight)
+            self.uplink.codec.add_decoded(self.buf[:head], enc, self.uplink.key(cid), weight)
+            self.buf[head:self.vdim].add_(x[head:].to(self.dtype), alpha=weight)
+            self._count(counters.replace(uplink_bytes=float(nbytes + self.header_bytes)))
         self.pending.clear()
 
     def combine(self, round_idx: int, stop: bool = False) -> Combined:
