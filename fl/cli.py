@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -37,6 +38,9 @@ def _register_resolvers() -> None:
 
 def _debug(argv: list[str]) -> bool:
     return os.environ.get("FL_TRACEBACK", "") not in ("", "0") or "runtime.log_level=DEBUG" in argv
+
+
+QUIET_RANK_GRACE_S = 10.0  # how long a quiet rank waits for rank 0 to print the mistakes it also found
 
 
 def _quiet_rank() -> bool:
@@ -94,6 +98,10 @@ def check_command_line(argv: list[str], env: DistEnv, config_dir: str, debug: bo
             log.error("%s", line, exc_info=(type(exc), exc, exc.__traceback__) if debug and exc else None)
     if errors:
         report_to_launcher(f"ConfigError: {errors[0][0]}")  # torchrun's summary shows it as the root cause
+        if _quiet_rank() and not debug:
+            # Rank 0 finds the same mistakes and prints them. A quiet rank that exited first would have
+            # torchrun stop rank 0 before it printed: wait for rank 0's exit to end the job instead.
+            time.sleep(QUIET_RANK_GRACE_S)
     return bool(errors)
 
 
