@@ -245,3 +245,20 @@ def test_batched_runs_are_world_size_invariant_resume_exactly_and_match_serial(t
     assert summary["client_training"] == "batched" and summary["final"]["test_accuracy"] > 0.5
     assert _final(tmp_path, "off", 1, "fl.rounds=1", "fl.client_batch=off")[1]["client_training"] == \
         "serial: fl.client_batch=off"
+
+
+def test_a_client_alone_in_its_chunk_trains_as_in_a_chunk_of_several(tmp_path):
+    """At world size 4, 5 clients: a rank hosts one client, or two; at world size 1 all five share a
+    chunk. A vmapped convolution over one client rounds differently from one over several (on some
+    CPUs), unless a lone client runs as two lanes. 8-bit codes are summed as exact integers, so the
+    aggregate does not depend on the summation order: the models must be equal bit for bit."""
+    small = ("data=digits", "model=cnn_padded", "fl.num_clients=10", "fl.clients_per_round=5", "fl.rounds=2",
+             "fl.checkpoint_every=0", "fl.local_epochs=1", "train.batch_size=16", "compression/uplink=quantize",
+             "compression.uplink.bits=8")
+    one = fork_ranks(1, run_job, tmp_path, make_cfg(*small), tmp_path / "ws1")
+    four = fork_ranks(4, run_job, tmp_path, make_cfg(*small), tmp_path / "ws4")
+    assert one[0]["client_training"] == four[0]["client_training"] == "batched"
+    ref = torch.load(tmp_path / "ws1" / "final_model.pt", weights_only=True)
+    got = torch.load(tmp_path / "ws4" / "final_model.pt", weights_only=True)
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), f"{k}: world size 4 differs from world size 1"

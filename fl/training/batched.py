@@ -293,7 +293,7 @@ class BatchedTrainer:
             b = x.shape[1]
             masks = self._masks(drop_g[:k], rows, b, x.dtype)
             if dp is None:
-                grads, totals = self._grad(self._views(w[:k]), x, y, weight, masks)
+                grads, totals = self._lanes(self._grad, self._views(w[:k]), x, y, weight, masks)
                 g = torch.cat([gi.reshape(k, -1) for gi in grads], 1)
                 if prox_mu is not None:
                     g = g + prox_mu[:k] * (w[:k] - anchor[:k])  # type: ignore[index]
@@ -303,7 +303,8 @@ class BatchedTrainer:
                 if buf is None:
                     buf = head  # the first step's momentum: every client of the chunk takes it (k == n)
             else:
-                sums, totals = self._dp_grad(self._views(w[:k]), x, y, weight, masks, float(dp.max_grad_norm))
+                sums, totals = self._lanes(self._dp_grad, self._views(w[:k]), x, y, weight, masks,
+                                           float(dp.max_grad_norm))
                 g = torch.cat([gi.reshape(k, -1) for gi in sums], 1)
                 stepping = torch.tensor([r > 0 for r in rows], device=device)
                 g = (g + self._noise(noise_g[:k], rows, float(dp.noise_multiplier * dp.max_grad_norm))) \
@@ -317,6 +318,19 @@ class BatchedTrainer:
                 seen[i] += rows[i]
         return [ClientUpdate(job.task.client_id, w[i] - start[i], shard.num_train, loss_sum[i], seen[i], steps[i])
                 for i, (_, job, shard) in enumerate(plans)]
+
+    @staticmethod
+    def _lanes(fn, views: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
+               masks: tuple[torch.Tensor, ...], *rest) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """``fn`` (a vmapped gradient) of the first ``k`` clients. ``vmap`` over a single client runs
+        other kernels than over several (an ungrouped convolution instead of a grouped one), whose
+        float rounding differs; a client would then train differently when it is alone in its chunk,
+        which depends on the world size. A lone client is computed as two identical lanes."""
+        if x.shape[0] != 1:
+            return fn(views, x, y, weight, masks, *rest)
+        two = lambda t: torch.cat([t, t])  # noqa: E731
+        grads, totals = fn(tuple(map(two, views)), two(x), two(y), two(weight), tuple(map(two, masks)), *rest)
+        return tuple(g[:1] for g in grads), totals[:1]
 
     def _noise(self, gens: list[torch.Generator], rows: list[int], std: float) -> torch.Tensor:
         """DP-SGD's noise ``[k, P]``: per client that steps, one normal draw per parameter tensor, in
