@@ -23,7 +23,7 @@ from fl.types import ClientUpdate
 
 CPU = torch.device("cpu")
 CODECS = [NoCompression(), Cast("float16"), Cast("bfloat16"), Quantize(1), Quantize(3), Quantize(8),
-          Quantize(4, rotate=True), TopK(0.01), TopK(0.2), RandK(0.1)]
+          Quantize(4, rotate=True), TopK(0.01), TopK(0.2), RandK(0.1), RandK(0.25, bits=4)]
 
 
 def _vector(n: int, seed: int = 0) -> torch.Tensor:
@@ -77,6 +77,7 @@ def test_compression_ratios_are_what_the_formats_say():
     assert sizes["top-0.01+EF"] == 4 + 8 * 1000, "1%: values plus int32 indices"
     assert sizes["top-0.2+EF"] == 4 + 4 * 20_000 + n // 8, "20%: a bitmap is shorter than indices"
     assert sizes["rand-0.1"] == 4 * 10_000, "the round's seed names the coordinates"
+    assert sizes["rand-0.25+4bit"] == 25_000 // 2 + 4, "a quarter of the entries, 4 bits each, and the scale"
 
 
 def test_top_k_keeps_the_largest_entries_and_random_k_is_unbiased():
@@ -90,6 +91,21 @@ def test_top_k_keeps_the_largest_entries_and_random_k_is_unbiased():
     assert float((mean - v).abs().mean()) < 0.15 * float(v.abs().mean())
     same_round = [rk.decode(rk.encode(_vector(1000, s), Key(0, 7, s)), Key(0, 7, s)) != 0 for s in (1, 2)]
     assert torch.equal(same_round[0], same_round[1]), "every client of a round keeps the same coordinates"
+
+
+def test_quantized_random_k_is_unbiased_with_random_k_plus_quantization_variance():
+    # 10 of 40 coordinates per round (p = 1/4, rescaled by 4), 2 bits on [-1, 1] for the kept ones
+    rk, x, scale, draws = RandK(0.25, bits=2), torch.linspace(-0.9, 0.9, 40), 1.0, 8000
+    keys = [Key(0, r, 3) for r in range(draws)]
+    out = torch.stack([rk.decode(rk.encode(x, key, scale), key) for key in keys])
+    step = rk.quantizer.step(scale)
+    frac = ((x + scale) / step) % 1
+    p = 0.25
+    variance = x ** 2 * (1 / p - 1) + step ** 2 * frac * (1 - frac) / p
+    assert ((out.mean(0) - x).abs() <= 5 * (variance / draws).sqrt()).all(), "unbiased"
+    assert float(out.var(0).sum()) == pytest.approx(float(variance.sum()), rel=0.05)
+    assert float(out.var(0).sum()) > 1.1 * float((x ** 2 * (1 / p - 1)).sum()), "quantization adds variance"
+    assert rk.encode(x, keys[0], scale).nbytes == 3 + 4, "10 codes of 2 bits in 3 bytes, and the scale"
 
 
 def test_error_feedback_sent_plus_residual_is_the_sum_of_raw_updates(tmp_path):
@@ -135,16 +151,19 @@ def test_quantized_sum_equals_the_weighted_mean_of_individually_decoded_vectors(
     assert float((got - exact).abs().max()) > 1e-4, "3 bits are lossy: the check can fail"
 
 
-@pytest.mark.parametrize("codec", [RandK(0.1), Cast("bfloat16")], ids=["random-k", "bf16"])
+@pytest.mark.parametrize("codec", [RandK(0.1), RandK(0.25, bits=4), TopK(0.05, error_feedback=False),
+                                   Cast("bfloat16")], ids=["random-k", "random-k+4bit", "top-k", "bf16"])
 def test_a_sum_of_messages_equals_the_weighted_mean_of_individually_decoded_vectors(codec):
-    # random-k adds each message's values at the round's coordinates, without its dense vector
+    # random-k and top-k add each message's values at its coordinates, without its dense vector
     dim, cohort = 700, [0, 1, 2, 3]
     agg = SumAggregator(FedAvg(), Comm(0, 1, CPU), dim, CPU, uplink=Uplink(codec, 5, 2, dim))
     for cid in cohort:
         agg.add(_update(cid, dim))
     got = _aggregate(agg, 2)
     weights = {cid: 10 + 7 * cid for cid in cohort}
-    decoded = {cid: codec.decode(codec.encode(_update(cid, dim).delta, Key(5, 2, cid)), Key(5, 2, cid))
+    # the cohort's shared scale: the largest entry any client's message quantizes
+    scale = max(codec.local_scale(_update(c, dim).delta, Key(5, 2)) for c in cohort) if codec.shared_scale else 0.0
+    decoded = {cid: codec.decode(codec.encode(_update(cid, dim).delta, Key(5, 2, cid), scale), Key(5, 2, cid))
                for cid in cohort}
     want = sum(weights[c] * decoded[c] for c in cohort) / sum(weights.values())
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)

@@ -20,6 +20,8 @@ count header), so byte counts are what a wire would carry, not ``numel * 4``.
   Karimireddy et al. 2019) each client keeps what it did not send and adds it next time.
 * :class:`RandK`: the same random ``fraction`` of coordinates for every client of a round (drawn
   from the seed and the round, so no indices travel), scaled by ``dim/k``: unbiased, and a sum.
+  With ``bits``, the kept values are quantized as :class:`Quantize` quantizes (the cohort's
+  largest kept entry as the shared scale): ``fraction=0.25, bits=4`` sends one bit per entry.
 """
 
 from __future__ import annotations
@@ -105,9 +107,20 @@ class Codec:
     def decode(self, enc: Encoded, key: Key) -> torch.Tensor:
         return enc.parts["values"].float()
 
+    def local_scale(self, x: torch.Tensor, key: Key) -> float:
+        """This sender's part of the shared scale (codecs with ``shared_scale``): the largest
+        entry that its message quantizes; the cohort's scale is the largest over its senders."""
+        return largest_magnitude(x)
+
     def add_decoded(self, out: torch.Tensor, enc: Encoded, key: Key, alpha: float) -> None:
         """``out += alpha * decode(enc)``, in ``out``'s dtype (a sum of decoded messages)."""
         out.add_(self.decode(enc, key).to(out.device), alpha=alpha)
+
+    def residual(self, u: torch.Tensor, enc: Encoded, key: Key) -> torch.Tensor:
+        """What a sender with error feedback keeps of ``u`` (in the original space) once ``enc``,
+        the message of ``forward(u)``, is sent: ``u - backward(decode(enc))``. ``u`` is consumed:
+        a codec may return it, changed in place."""
+        return u - self.backward(self.decode(enc, key).to(u), enc.dim, key)
 
     def serialize(self, enc: Encoded) -> bytes:
         return _bytes(enc.parts["values"])
@@ -246,6 +259,16 @@ class TopK(Codec):
         out[enc.parts["indices"].long()] = enc.parts["values"]
         return out
 
+    def add_decoded(self, out: torch.Tensor, enc: Encoded, key: Key, alpha: float) -> None:
+        """``out += alpha * decode(enc)`` at the message's ``k`` indices only (no dense vector)."""
+        values = enc.parts["values"]
+        out.index_add_(0, enc.parts["indices"].to(out.device, torch.long), values.to(out.dtype), alpha=alpha)
+
+    def residual(self, u: torch.Tensor, enc: Encoded, key: Key) -> torch.Tensor:
+        """``u`` with the sent entries set to zero, in place: the message holds them exactly
+        (float32 values of float32 ``u``), so this is ``u - decode(enc)`` bit for bit."""
+        return u.index_fill_(0, enc.parts["indices"].to(u.device, torch.long), 0.0)
+
     def serialize(self, enc: Encoded) -> bytes:
         idx = enc.parts["indices"].cpu().numpy().astype(np.int32)
         k, dim = len(idx), enc.dim
@@ -261,19 +284,31 @@ class TopK(Codec):
 
 @dataclass(frozen=True)
 class RandK(Codec):
-    """The round's random ``fraction`` of coordinates, scaled by ``dim/k`` (unbiased)."""
+    """The round's random ``fraction`` of coordinates, scaled by ``dim/k`` (unbiased); with ``bits``,
+    their values stochastically quantized on the cohort's shared scale (unbiased too)."""
 
     fraction: float = 0.1
+    bits: int | None = None
 
     def __post_init__(self) -> None:
         _check_fraction(self.key, self.fraction)
+        if self.bits is not None:
+            Quantize(self.bits, direction=self.direction)  # checks compression.<direction>.bits
         if self.direction == "downlink":
             raise ConfigError(f"{self.key}._target_", "randk", "is an uplink codec: rescaled random coordinates "
                               "would overshoot the model clients hold; use quantize, topk, fp16 or bf16 downlink")
 
     @property
     def name(self) -> str:
-        return f"rand-{self.fraction:g}"
+        return f"rand-{self.fraction:g}" + ("" if self.bits is None else f"+{self.bits}bit")
+
+    @property
+    def shared_scale(self) -> bool:  # type: ignore[override]
+        return self.bits is not None
+
+    @property
+    def quantizer(self) -> Quantize:
+        return Quantize(int(self.bits or 8), direction=self.direction)
 
     def k(self, dim: int) -> int:
         return max(1, min(dim, math.ceil(self.fraction * dim)))
@@ -281,13 +316,27 @@ class RandK(Codec):
     def indices(self, dim: int, key: Key, device: torch.device | str) -> torch.Tensor:
         return _round_coordinates(key.seed, key.round_idx, dim, self.k(dim)).to(device)
 
+    def local_scale(self, x: torch.Tensor, key: Key) -> float:
+        """The largest of the round's coordinates of ``x``: what the cohort's shared scale bounds."""
+        return largest_magnitude(x[self.indices(len(x), key, x.device)])
+
     def encode(self, x: torch.Tensor, key: Key, scale: float = 0.0) -> Encoded:
         k = self.k(len(x))
-        values = x[self.indices(len(x), key, x.device)].float() * (len(x) / k)
-        return Encoded({"values": values}, len(x), 4 * k)
+        values = x[self.indices(len(x), key, x.device)].float()
+        if self.bits is None:
+            return Encoded({"values": values.mul_(len(x) / k)}, len(x), 4 * k)
+        codes = self.quantizer.codes(values, key, scale).to(torch.uint8)
+        return Encoded({"codes": codes, "scale": torch.tensor(float(scale))}, len(x), self.quantizer.message_bytes(k))
+
+    def _values(self, enc: Encoded) -> torch.Tensor:
+        """The message's values at the round's coordinates, rescaled by ``dim/k``."""
+        if self.bits is None:
+            return enc.parts["values"]
+        scaled = self.quantizer.dequantize(enc.parts["codes"], 1.0, float(enc.parts["scale"]))
+        return scaled.mul_(enc.dim / self.k(enc.dim)).float()
 
     def decode(self, enc: Encoded, key: Key) -> torch.Tensor:
-        values = enc.parts["values"]
+        values = self._values(enc)
         out = torch.zeros(enc.dim, device=values.device)
         out[self.indices(enc.dim, key, values.device)] = values
         return out
@@ -295,8 +344,13 @@ class RandK(Codec):
     def add_decoded(self, out: torch.Tensor, enc: Encoded, key: Key, alpha: float) -> None:
         """``out += alpha * decode(enc)`` on the round's coordinates only: the rest of the decoded
         vector is zero, so a sum need not build it (a tenth of the passes at ``fraction=0.1``)."""
-        values = enc.parts["values"]
+        values = self._values(enc)
         out.index_add_(0, self.indices(enc.dim, key, out.device), values.to(out.dtype), alpha=alpha)
+
+    def serialize(self, enc: Encoded) -> bytes:
+        if self.bits is None:
+            return _bytes(enc.parts["values"])
+        return self.quantizer.serialize(enc)
 
 
 def largest_magnitude(v: torch.Tensor) -> float:

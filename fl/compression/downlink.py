@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from fl.compression.codecs import Codec, Key, NoCompression, largest_magnitude
+from fl.compression.codecs import Codec, Key, NoCompression
 
 
 class Downlink:
@@ -49,7 +49,7 @@ class Downlink:
         held = self.received(new_global)
         key = Key(self.seed, round_idx, -1)
         x = self.codec.forward(new_global - held, key)
-        scale = largest_magnitude(x) if self.codec.shared_scale else 0.0
+        scale = self.codec.local_scale(x, key) if self.codec.shared_scale else 0.0
         enc = self.codec.encode(x, key, scale)
         held += self.codec.backward(self.codec.decode(enc, key).to(held), len(held), key)
         self.message_bytes = enc.nbytes

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from fl.compression.codecs import Codec, Encoded, Key, NoCompression, largest_magnitude
+from fl.compression.codecs import Codec, Encoded, Key, NoCompression
 from fl.runtime.comm import Comm
 from fl.training.store import ClientStore
 
@@ -53,15 +53,19 @@ class Uplink:
         head = v[:self.head]
         if self.codec.keeps_residual and self.residuals is not None:
             state = self.residuals.load(cid, self.round_idx, v.device)
-            if state is not None:
-                head = head + state["residual"].to(head)
+            # u = v + e, a tensor of its own: the codec may turn it into the new residual in place
+            if state is not None and state["residual"].dtype == head.dtype and state["residual"].device == head.device:
+                head = state["residual"].add_(head)  # e + v is v + e, bit for bit
+            else:
+                head = head + state["residual"].to(head) if state is not None else head.clone()
             self.unsent[cid] = head
         coded = self.codec.forward(head, self.key(cid))
         return coded if self.head == len(v) else torch.cat([coded, v[self.head:]])
 
     def scale(self, comm: Comm, vectors: list[torch.Tensor]) -> float:
         """Collective (codecs with a shared scale): the largest head entry over the round's cohort."""
-        local = max((largest_magnitude(x[:self.head]) for x in vectors), default=0.0)
+        key = Key(self.seed, self.round_idx)
+        local = max((self.codec.local_scale(x[:self.head], key) for x in vectors), default=0.0)
         return comm.all_reduce_max(local)
 
     def encode(self, cid: int, x: torch.Tensor, scale: float = 0.0) -> tuple[Encoded, int]:
@@ -75,17 +79,24 @@ class Uplink:
         codes = self.codec.codes(x[:self.head], self.key(cid), scale)  # type: ignore[attr-defined]
         return codes, self.codec.message_bytes(self.head) + 4 * (len(x) - self.head)  # type: ignore[attr-defined]
 
+    def transmit(self, cid: int, x: torch.Tensor, scale: float = 0.0) -> tuple[Encoded, int]:
+        """Steps 3-4 without decoding: the head's message and the whole vector's bytes; the
+        client's new residual is saved. ``x``'s head may be consumed (it can be the residual's
+        storage): read the message, and ``x``'s tail, only."""
+        enc, nbytes = self.encode(cid, x, scale)
+        if cid in self.unsent and self.residuals is not None:
+            residual = self.codec.residual(self.unsent.pop(cid), enc, self.key(cid))
+            self.residuals.save(cid, self.round_idx, {"residual": residual})
+        return enc, nbytes
+
     def send(self, cid: int, x: torch.Tensor, scale: float = 0.0) -> tuple[torch.Tensor, int]:
         """Steps 3-4: the decoded vector (head in the coded space) and the message's bytes."""
         if not self.active:
             return x, 4 * len(x)
-        key = self.key(cid)
-        enc, nbytes = self.encode(cid, x, scale)
-        decoded = self.codec.decode(enc, key).to(x)
-        if cid in self.unsent and self.residuals is not None:
-            u = self.unsent.pop(cid)
-            self.residuals.save(cid, self.round_idx, {"residual": u - self.codec.backward(decoded, self.head, key)})
-        return (decoded if self.head == len(x) else torch.cat([decoded, x[self.head:]])), nbytes
+        tail = x[self.head:]
+        enc, nbytes = self.transmit(cid, x, scale)
+        decoded = self.codec.decode(enc, self.key(cid)).to(x)
+        return (decoded if self.head == len(x) else torch.cat([decoded, tail])), nbytes
 
     def back(self, x: torch.Tensor) -> torch.Tensor:
         """Out of the coded space (a decoded vector or a sum of them: the rotation is linear)."""

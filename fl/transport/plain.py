@@ -143,9 +143,9 @@ class SumAggregator(Aggregator):
         # are summed as exact integers, so the sum does not depend on the order, nor on the world size.
         self.dtype = torch.float64 if self.uplink.active else torch.float32
         self.codes = self.uplink.codec.integer and self.privacy is None
-        # Compressed, without a residual to keep or DP's clip of each decoded vector: a message is
-        # added into the sum as it decodes, without a dense copy where the codec can (random-k).
-        self.direct = self.uplink.active and self.privacy is None and not self.uplink.codec.keeps_residual
+        # Compressed, without DP's clip of each decoded vector: a message is added into the sum as
+        # it decodes, without a dense copy where the codec can (random-k, top-k).
+        self.direct = self.uplink.active and self.privacy is None
         self.scale = 0.0
         self.buf = torch.zeros(self.vdim + WIDTH, device=device, dtype=self.dtype)
 
@@ -179,7 +179,7 @@ class SumAggregator(Aggregator):
     def _send_direct(self, scale: float) -> None:
         head = self.uplink.head
         for cid, x, counters in self.pending:
-            enc, nbytes = self.uplink.encode(cid, x, scale)
+            enc, nbytes = self.uplink.transmit(cid, x, scale)
             weight = float(counters.weight)
             self.uplink.codec.add_decoded(self.buf[:head], enc, self.uplink.key(cid), weight)
             self.buf[head:self.vdim].add_(x[head:].to(self.dtype), alpha=weight)
