@@ -124,6 +124,22 @@ def test_error_feedback_sent_plus_residual_is_the_sum_of_raw_updates(tmp_path):
     assert not no_ef.codec.keeps_residual
 
 
+def test_residuals_written_behind_are_complete_after_flush_and_a_failed_write_surfaces(tmp_path):
+    store = ClientStore(tmp_path / "res", checkpoint_every=1, keep_checkpoints=1)
+    for c in range(5):
+        store.save(c, 3, {"residual": torch.full((100_000,), float(c))}, wait=False)
+    store.flush()
+    for c in range(5):
+        saved = torch.load(tmp_path / "res" / str(c) / "round_000003.pt", weights_only=True)
+        assert torch.equal(saved["residual"], torch.full((100_000,), float(c)))
+    assert store.load(4, 4, CPU)["residual"][0] == 4.0
+    (tmp_path / "blocked").write_text("")  # a file where the store's folder should be
+    bad = ClientStore(tmp_path / "blocked", checkpoint_every=1, keep_checkpoints=1)
+    bad.save(0, 0, {"residual": torch.zeros(3)}, wait=False)
+    with pytest.raises(OSError):
+        bad.flush()
+
+
 def _aggregate(agg, round_idx: int = 0) -> torch.Tensor:
     """What the server step hands ``server_update``: the pipeline's server sides on a sum."""
     c = agg.combine(round_idx)

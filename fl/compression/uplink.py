@@ -10,7 +10,9 @@ For a client ``c`` of round ``r`` with update ``v`` (clipped first under DP):
    ranks, so a rank holds its clients' vectors until every client of the round has trained);
 4. what the server decodes is what is aggregated; ``e_c <- u - decoded`` is saved for ``c`` in
    a :class:`~fl.training.store.ClientStore` of its own, which is crash-consistent: a resumed
-   round reads the residuals written before it, so resuming stays exact.
+   round reads the residuals written before it, so resuming stays exact. The file is written by
+   the store's writer thread while the rank goes on with its next clients; :meth:`Uplink.flush`
+   (the transports call it before the round's collective) waits for it.
 
 The message's exact byte count (:attr:`fl.compression.codecs.Encoded.nbytes`) plus the
 counters' header is what the client sends; the round's ``uplink_bytes`` sums it over clients.
@@ -86,8 +88,14 @@ class Uplink:
         enc, nbytes = self.encode(cid, x, scale)
         if cid in self.unsent and self.residuals is not None:
             residual = self.codec.residual(self.unsent.pop(cid), enc, self.key(cid))
-            self.residuals.save(cid, self.round_idx, {"residual": residual})
+            self.residuals.save(cid, self.round_idx, {"residual": residual}, wait=False)
         return enc, nbytes
+
+    def flush(self) -> None:
+        """Collective-free: this rank's residuals of the round are on disk (call before the round's
+        collective, so that whichever rank hosts a client next round reads its complete file)."""
+        if self.residuals is not None:
+            self.residuals.flush()
 
     def send(self, cid: int, x: torch.Tensor, scale: float = 0.0) -> tuple[torch.Tensor, int]:
         """Steps 3-4: the decoded vector (head in the coded space) and the message's bytes."""

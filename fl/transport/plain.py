@@ -115,9 +115,11 @@ class Aggregator:
         raise NotImplementedError
 
     def _flush(self) -> None:
-        """Collective when the codec shares a scale: encode the held vectors with the cohort's scale."""
+        """Collective when the codec shares a scale: encode the held vectors with the cohort's scale.
+        Then wait for this rank's error-feedback residual files (before the round's collective)."""
         if self.uplink.codec.shared_scale:
             self._send_pending(self.uplink.scale(self.comm, [x for _, x, _ in self.pending]))
+        self.uplink.flush()
 
     def _send_pending(self, scale: float) -> None:
         for cid, x, counters in self.pending:

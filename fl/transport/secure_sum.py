@@ -164,6 +164,7 @@ class SecureSumAggregator(Aggregator):
     def combine(self, round_idx: int, stop: bool = False) -> Combined:
         if self.uplink.active:
             self._send_quantized()
+        self.uplink.flush()
         self._count(Counters(stop=int(stop)))
         total = self.comm.all_reduce_sum(self.buf.to(self.device)).cpu()
         nbytes = total.numel() * total.element_size() * self.comm.world_size + self.protocol_bytes
