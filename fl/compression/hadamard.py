@@ -3,15 +3,14 @@
 ``x -> H D x`` blockwise (Suresh, Yu, Kumar, McMahan. "Distributed Mean Estimation with Limited
 Communication." ICML 2017): ``D`` is a diagonal of random signs drawn from (seed, round), ``H``
 the normalised Walsh-Hadamard matrix of each block. Blocks follow the binary expansion of the
-length (blocks of 2^8, then one block per remaining set bit: 21,840 = 85 x 256 + 64 + 16), so
-nothing is padded and a rotated vector is exactly as long as the vector.
+length (blocks of 2^14, then one block per remaining set bit: 21,840 = 16,384 + 4,096 + 1,024 +
+256 + 64 + 16), so nothing is padded and a rotated vector is exactly as long as the vector.
 The rotation is orthonormal and linear, so the sum of rotated vectors is the rotated sum: a
 cohort can quantize in the rotated space, add up, and rotate the sum back once. An outlier
-coordinate is spread over its block (a sixteenth of it on each of 256 entries), so a shared
-quantization scale (the largest entry) is much tighter after rotation than before. Suresh et al.
-rotate the whole (padded) vector; blocks of 256 cost a CPU about a third as much at a million
-entries (two memory-bound products of side 16 instead of three of side up to 32), and
-spread an outlier sixteenfold rather than up to 128-fold.
+coordinate is spread over its block, so a shared quantization scale (the largest entry) is
+much tighter after rotation than before. (Blocks of 256 would cost a CPU half as much at a
+million entries, but 1-bit quantization after them diverged on the README's workload: a block
+mixes too little of the vector to even out its layers.)
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import torch
 
 from fl.runtime.seeding import generator
 
-MAX_BLOCK = 1 << 8
+MAX_BLOCK = 1 << 14
 
 
 def blocks(dim: int) -> list[int]:
@@ -51,17 +50,20 @@ def _factor(n: int, norm: float, device: str) -> torch.Tensor:
 def fwht(x: torch.Tensor) -> torch.Tensor:
     """The normalised Walsh-Hadamard transform of each row of ``x`` (row length ``n``, a power of two).
 
-    ``H_n = H_a (x) H_b`` with ``a b = n``: a row reshaped to ``a x b`` is multiplied by a small
-    Hadamard matrix on each side, two matrix products of side at most 16 (blocks of 2^8), and
-    ``1/sqrt(n)`` rides in the first of them. On a CPU the transform of a million entries is
-    bound by memory passes, not arithmetic: two passes of side 16 cost about half of three of
-    side 32 (blocks of 2^14)."""
+    ``H_n = H_a (x) H_b (x) H_c`` with ``a b c = n``: a row reshaped to ``a x b x c`` is multiplied
+    by a small Hadamard matrix along each axis, three matrix products of side at most 32 (for
+    blocks of 2^14) instead of ``log2 n`` passes over memory or two products of side 128. The
+    ``1/sqrt(n)`` rides in the first product's matrix (no pass of its own)."""
     rows, n = x.shape
     k = n.bit_length() - 1
-    a, b = 1 << (k // 2), 1 << (k - k // 2)
+    ka = k // 3
+    kb = (k - ka) // 2
+    a, b, c = 1 << ka, 1 << kb, 1 << (k - ka - kb)
     device = str(x.device)
-    y = x.reshape(rows, a, b) @ _factor(b, 1 / math.sqrt(n), device)
-    return (_factor(a, 1.0, device) @ y).reshape(rows, n)
+    y = x.reshape(rows, a, b, c) @ _factor(c, 1 / math.sqrt(n), device)
+    y = _factor(b, 1.0, device) @ y
+    y = _factor(a, 1.0, device) @ y.reshape(rows, a, b * c)
+    return y.reshape(rows, n)
 
 
 def signs(seed: int, round_idx: int, length: int, device: torch.device | str = "cpu") -> torch.Tensor:
