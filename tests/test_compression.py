@@ -238,6 +238,12 @@ def test_compressors_that_are_not_sums_are_refused_with_secure_aggregation():
     prepare(make_cfg("secagg=masking", "compression/uplink=quantize"), 1)
 
 
+def test_random_ks_bits_are_checked_as_the_quantizers_naming_the_key():
+    with pytest.raises(ConfigError, match=r"compression.uplink.bits=0 is invalid: must be an integer from 1 to 8"):
+        prepare(make_cfg("compression/uplink=randk", "compression.uplink.bits=0"), 1)
+    prepare(make_cfg("compression/uplink=randk", "compression.uplink.bits=8"), 1)
+
+
 @pytest.mark.parametrize("override, message", [
     ("compression.uplink.bits=9", r"compression.uplink.bits=9 is invalid: must be an integer from 1 to 8"),
     ("compression.uplink.fraction=0", r"compression.uplink.fraction=0 is invalid: must be a number in \(0, 1\]"),
