@@ -34,6 +34,7 @@ CODECS = {
     "4bit+rotation": [Q, "compression.uplink.bits=4", "compression.uplink.rotate=true"],
     "topk1%+EF": ["compression/uplink=topk", "compression.uplink.fraction=0.01"],
     "randk10%": ["compression/uplink=randk", "compression.uplink.fraction=0.1"],
+    "randk10%+8bit": ["compression/uplink=randk", "compression.uplink.fraction=0.1", "compression.uplink.bits=8"],
     "4bit up+down": [Q, "compression.uplink.bits=4", "compression/downlink=quantize", "compression.downlink.bits=4"],
 }
 
@@ -59,7 +60,8 @@ def transport_costs(dim: int = 1_068_810, clients: int = 10, repeats: int = 10) 
     cpu = torch.device("cpu")
     deltas = [torch.randn(dim, generator=torch.Generator().manual_seed(c)) * 0.01 for c in range(clients)]
     codecs = {"none": NoCompression(), "fp16": Cast("float16"), "4bit": Quantize(4),
-              "4bit+rotation": Quantize(4, rotate=True), "topk1%+EF": TopK(0.01), "randk10%": RandK(0.1)}
+              "4bit+rotation": Quantize(4, rotate=True), "topk1%+EF": TopK(0.01), "randk10%": RandK(0.1),
+              "randk10%+8bit": RandK(0.1, bits=8)}
     out: dict[str, list[float]] = {name: [] for name in codecs}
     with tempfile.TemporaryDirectory() as d:
         store = ClientStore(Path(d), checkpoint_every=1, keep_checkpoints=1)
