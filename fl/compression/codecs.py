@@ -308,7 +308,8 @@ class RandK(Codec):
 
     @property
     def quantizer(self) -> Quantize:
-        return Quantize(int(self.bits or 8), direction=self.direction)
+        """How the kept values are quantized (only with ``bits``)."""
+        return Quantize(int(self.bits), direction=self.direction)  # type: ignore[arg-type]
 
     def k(self, dim: int) -> int:
         return max(1, min(dim, math.ceil(self.fraction * dim)))

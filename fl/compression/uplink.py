@@ -55,11 +55,9 @@ class Uplink:
         head = v[:self.head]
         if self.codec.keeps_residual and self.residuals is not None:
             state = self.residuals.load(cid, self.round_idx, v.device)
-            # u = v + e, a tensor of its own: the codec may turn it into the new residual in place
-            if state is not None and state["residual"].dtype == head.dtype and state["residual"].device == head.device:
-                head = state["residual"].add_(head)  # e + v is v + e, bit for bit
-            else:
-                head = head + state["residual"].to(head) if state is not None else head.clone()
+            # u = e + v (v + e bit for bit) in a tensor of its own (the loaded residual's): the codec
+            # may turn it into the new residual in place
+            head = head.clone() if state is None else state["residual"].to(head).add_(head)
             self.unsent[cid] = head
         coded = self.codec.forward(head, self.key(cid))
         return coded if self.head == len(v) else torch.cat([coded, v[self.head:]])
@@ -92,8 +90,9 @@ class Uplink:
         return enc, nbytes
 
     def flush(self) -> None:
-        """Collective-free: this rank's residuals of the round are on disk (call before the round's
-        collective, so that whichever rank hosts a client next round reads its complete file)."""
+        """Wait until this rank's residuals of the round are on disk (not a collective; the
+        transports call it before the round's collective, so that whichever rank hosts a client
+        next round reads its complete file)."""
         if self.residuals is not None:
             self.residuals.flush()
 
