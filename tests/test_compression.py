@@ -167,12 +167,14 @@ def test_quantized_sum_equals_the_weighted_mean_of_individually_decoded_vectors(
     assert float((got - exact).abs().max()) > 1e-4, "3 bits are lossy: the check can fail"
 
 
-@pytest.mark.parametrize("codec", [RandK(0.1), RandK(0.25, bits=4), TopK(0.05, error_feedback=False),
-                                   Cast("bfloat16")], ids=["random-k", "random-k+4bit", "top-k", "bf16"])
-def test_a_sum_of_messages_equals_the_weighted_mean_of_individually_decoded_vectors(codec):
-    # random-k and top-k add each message's values at its coordinates, without its dense vector
+@pytest.mark.parametrize("codec", [RandK(0.1), RandK(0.25, bits=4), TopK(0.05, error_feedback=False), TopK(0.05),
+                                   Cast("bfloat16")], ids=["random-k", "random-k+4bit", "top-k", "top-k+EF", "bf16"])
+def test_a_sum_of_messages_equals_the_weighted_mean_of_individually_decoded_vectors(codec, tmp_path):
+    # random-k and top-k add each message's values at its coordinates, without its dense vector;
+    # with error feedback (no residual yet), the sent vector becomes the residual only after encoding
     dim, cohort = 700, [0, 1, 2, 3]
-    agg = SumAggregator(FedAvg(), Comm(0, 1, CPU), dim, CPU, uplink=Uplink(codec, 5, 2, dim))
+    store = ClientStore(tmp_path / "res", checkpoint_every=1, keep_checkpoints=1) if codec.keeps_residual else None
+    agg = SumAggregator(FedAvg(), Comm(0, 1, CPU), dim, CPU, uplink=Uplink(codec, 5, 2, dim, store))
     for cid in cohort:
         agg.add(_update(cid, dim))
     got = _aggregate(agg, 2)
@@ -183,6 +185,9 @@ def test_a_sum_of_messages_equals_the_weighted_mean_of_individually_decoded_vect
                for cid in cohort}
     want = sum(weights[c] * decoded[c] for c in cohort) / sum(weights.values())
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    if store is not None:  # what each client did not send is what it keeps, exactly
+        for c in cohort:
+            assert torch.equal(store.load(c, 3, CPU)["residual"], _update(c, dim).delta - decoded[c])
     exact = sum(weights[c] * _update(c, dim).delta for c in cohort) / sum(weights.values())
     assert float((got - exact).abs().max()) > 1e-4, "the codec is lossy: the check can fail"
 
