@@ -16,7 +16,7 @@ from fl.config.build import prepare
 from fl.errors import ConfigError
 from fl.runtime.comm import Comm
 from fl.strategies import FedAvg
-from fl.training.store import ClientStore
+from fl.training.store import ClientStore, read_state
 from fl.transport.plain import GatherAggregator, SumAggregator
 from fl.transport.secure_sum import SecureSumAggregator
 from fl.types import ClientUpdate
@@ -130,7 +130,7 @@ def test_residuals_written_behind_are_complete_after_flush_and_a_failed_write_su
         store.save(c, 3, {"residual": torch.full((100_000,), float(c))}, wait=False)
     store.flush()
     for c in range(5):
-        saved = torch.load(tmp_path / "res" / str(c) / "round_000003.pt", weights_only=True)
+        saved = read_state(tmp_path / "res" / str(c) / "round_000003.bin")
         assert torch.equal(saved["residual"], torch.full((100_000,), float(c)))
     assert store.load(4, 4, CPU)["residual"][0] == 4.0
     (tmp_path / "blocked").write_text("")  # a file where the store's folder should be

@@ -14,6 +14,7 @@ from fl.engine.loop import run
 from fl.models import build_model
 from fl.runtime.env import DistEnv
 from fl.runtime.seeding import derive_seed, generator
+from fl.training.store import read_state, write_state
 
 SEED, N, S, ROUNDS, STEPS, B, LR = 2, 6, 4, 3, 4, 16, 0.1
 OVERRIDES = (f"seed={SEED}", f"fl.num_clients={N}", f"fl.clients_per_round={S}", f"fl.rounds={ROUNDS}",
@@ -106,11 +107,11 @@ def test_resume_after_a_crash_ignores_client_state_written_after_the_checkpoint(
     full, _ = _final(tmp_path, "full", 2, "fl.rounds=4", "fl.checkpoint_every=2")
     _, crashed = _final(tmp_path, "crashed", 2, "fl.rounds=3", "fl.checkpoint_every=2")
     (crashed / "checkpoints" / "round_000003.pt").unlink()  # died before round 3's checkpoint was written
-    poisoned = list(crashed.glob("client_state/*/round_000002.pt"))
+    poisoned = list(crashed.glob("client_state/*/round_000002.bin"))
     assert poisoned, "round index 2 must have written client state"
     for path in poisoned:  # whatever a crashed attempt left must not be read
-        state = torch.load(path, weights_only=True)
-        torch.save({"c": torch.full_like(state["c"], 1e3)}, path)
+        state = read_state(path)
+        write_state(path, {"c": torch.full_like(state["c"], 1e3)})
     resumed, _ = _final(tmp_path, "crashed", 2, "fl.rounds=4", "fl.checkpoint_every=2")
     for k in full:
         assert torch.equal(full[k], resumed[k]), k

@@ -1,15 +1,22 @@
 """Per-client state on disk: readable by whichever rank hosts the client this round.
 
 State that lives with a client across rounds (SCAFFOLD's control variate, a personal model,
-local BatchNorm statistics) is saved as one file per client and round under
-``<run dir>/client_state/<client>/round_<r>.pt``. Nothing is held in memory between
-rounds, so 500 clients cost disk, not RAM. With several nodes the run directory must be
-on a shared filesystem.
+local BatchNorm statistics, an error-feedback residual) is saved as one file per client and
+round under ``<run dir>/client_state/<client>/round_<r>.bin``. Nothing is held in memory
+between rounds, so 500 clients cost disk, not RAM. With several nodes the run directory must
+be on a shared filesystem.
+
+A file is a JSON header (each tensor's name, dtype, shape and byte offset) followed by the
+tensors' raw bytes: written with plain ``write`` calls, which release the GIL (so the writer
+thread really runs beside the rank's training), and read straight into the tensors' memory.
+At a million float32 entries that is about half the time of ``torch.save`` and ``torch.load``,
+which pickle and zip. Files written as ``round_<r>.pt`` by earlier versions are still read.
 
 Writes can be handed to a writer thread (``save(..., wait=False)``): error-feedback residuals are
 then written while the rank trains and encodes its next clients. :meth:`flush` waits for them;
 the transports call it before the round's collective, so no rank can start the next round (and
-read a client's file) before every file of this round is complete, and :meth:`load` calls it too.
+read a client's file) before every file of this round is complete; :meth:`load` waits for the
+client's own pending writes only.
 
 Crash consistency: a client reads the newest version written *before* the current round.
 After resuming from the checkpoint taken when round R was done, round R (0-based) reads
@@ -19,14 +26,21 @@ rewritten, identically, when those rounds run again).
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import struct
+import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-_NAME = re.compile(r"^round_(\d{6})\.pt$")
+_NAME = re.compile(r"^round_(\d{6})\.(bin|pt)$")
+_MAGIC = b"flstate1"
+_DTYPES = {str(d).removeprefix("torch."): d for d in (
+    torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
+    torch.int8, torch.uint8, torch.bool)}
 
 
 class ClientStore:
@@ -35,24 +49,35 @@ class ClientStore:
         # versions that a kept checkpoint may still need when a run resumes from it
         self.horizon = (keep_checkpoints + 1) * checkpoint_every
         self._writer: ThreadPoolExecutor | None = None
-        self._pending: list[Future] = []
+        self._pending: list[tuple[int, Future]] = []  # (client, its write on the writer thread)
 
-    def _versions(self, cid: int) -> list[int]:
+    def _files(self, cid: int) -> dict[int, Path]:
+        """The client's files by the round that wrote them."""
         folder = self.folder / str(cid)
         if not folder.is_dir():
-            return []
-        return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _NAME.match(p.name)))
+            return {}
+        return {int(m.group(1)): p for p in folder.iterdir() if (m := _NAME.match(p.name))}
+
+    def _versions(self, cid: int) -> list[int]:
+        return sorted(self._files(cid))
 
     def _path(self, cid: int, round_idx: int) -> Path:
-        return self.folder / str(cid) / f"round_{round_idx:06d}.pt"
+        return self.folder / str(cid) / f"round_{round_idx:06d}.bin"
 
     def load(self, cid: int, before_round: int, device: torch.device) -> dict | None:
-        """The client's newest state written in a round ``< before_round``, or ``None``."""
-        self.flush()
-        older = [v for v in self._versions(cid) if v < before_round]
+        """The client's newest state written in a round ``< before_round``, or ``None`` (after the
+        client's own writes on the writer thread are done; other clients' writes go on)."""
+        for owner, write in self._pending:
+            if owner == cid:
+                write.result()
+        files = self._files(cid)
+        older = [v for v in sorted(files) if v < before_round]
         if not older:
             return None
-        return torch.load(self._path(cid, older[-1]), map_location=device, weights_only=True)
+        path = files[older[-1]]
+        if path.suffix == ".pt":
+            return torch.load(path, map_location=device, weights_only=True)
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in read_state(path).items()}
 
     def save(self, cid: int, round_idx: int, state: dict, wait: bool = True) -> None:
         """Write the client's state produced in ``round_idx`` atomically; prune old versions.
@@ -62,20 +87,72 @@ class ClientStore:
             return self._write(cid, round_idx, state)
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="fl-client-store")
-        self._pending.append(self._writer.submit(self._write, cid, round_idx, state))
+        self._pending.append((cid, self._writer.submit(self._write, cid, round_idx, state)))
 
     def flush(self) -> None:
         """Wait until every write handed to the writer thread is on disk (re-raises its error)."""
         pending, self._pending = self._pending, []
-        for write in pending:
+        for _, write in pending:
             write.result()
 
     def _write(self, cid: int, round_idx: int, state: dict) -> None:
         path = self._path(cid, round_idx)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        torch.save(state, tmp)
+        write_state(tmp, state)
         os.replace(tmp, path)
-        old = [v for v in self._versions(cid) if v < round_idx - self.horizon]
+        files = self._files(cid)
+        old = [v for v in sorted(files) if v < round_idx - self.horizon]
         for v in old[:-1]:  # the newest old version may still be what a kept checkpoint resumes with
-            self._path(cid, v).unlink(missing_ok=True)
+            files[v].unlink(missing_ok=True)
+
+
+def write_state(path: Path, state: dict) -> None:
+    """``state`` (names to CPU tensors, or to numbers and strings) as a header and raw bytes."""
+    header: dict = {"byteorder": sys.byteorder, "entries": {}}
+    offset, blobs = 0, []
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            dtype = str(t.dtype).removeprefix("torch.")
+            if dtype not in _DTYPES:
+                raise TypeError(f"client state {name!r}: dtype {t.dtype} is not one of {', '.join(_DTYPES)}")
+            blob = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+            header["entries"][name] = {"tensor": [dtype, list(t.shape), offset]}
+            offset += len(blob)
+            blobs.append(blob)
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            header["entries"][name] = {"value": value}
+        else:
+            raise TypeError(f"client state {name!r}: {type(value).__name__} is neither a tensor nor a number")
+    head = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(_MAGIC + struct.pack("<Q", len(head)) + head)
+        for blob in blobs:
+            f.write(blob)
+
+
+def read_state(path: Path) -> dict:
+    """What :func:`write_state` wrote, each tensor read straight into its own memory."""
+    with open(path, "rb") as f:
+        magic, size = f.read(len(_MAGIC)), f.read(8)
+        if magic != _MAGIC or len(size) != 8:
+            raise ValueError(f"{path} is not a client state file")
+        header = json.loads(f.read(struct.unpack("<Q", size)[0]))
+        if header["byteorder"] != sys.byteorder:
+            raise ValueError(f"{path} was written on a {header['byteorder']}-endian machine")
+        start = f.tell()
+        out: dict = {}
+        for name, entry in header["entries"].items():
+            if "value" in entry:
+                out[name] = entry["value"]
+                continue
+            dtype, shape, offset = entry["tensor"]
+            t = torch.empty(shape, dtype=_DTYPES[dtype])
+            if t.numel():
+                f.seek(start + offset)
+                view = t.reshape(-1).view(torch.uint8).numpy()
+                if f.readinto(view) != len(view):
+                    raise ValueError(f"{path} is truncated: client state {name!r} is incomplete")
+            out[name] = t
+        return out

@@ -1,0 +1,72 @@
+"""The per-client state store: its file format, old files, and writes behind the rank's back."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import fl.training.store as store_module
+from fl.training.store import ClientStore, read_state, write_state
+
+CPU = torch.device("cpu")
+
+
+def test_a_state_file_gives_back_every_tensor_and_number_as_saved(tmp_path):
+    state = {
+        "c": torch.randn(3, 5, dtype=torch.float64),
+        "half": torch.randn(7).to(torch.bfloat16),
+        "steps": torch.tensor(12),
+        "empty": torch.empty(0, 4),
+        "mask": torch.tensor([True, False, True]),
+        "cluster": 3,
+        "name": "a",
+        "lr": 0.5,
+    }
+    write_state(tmp_path / "s.bin", state)
+    back = read_state(tmp_path / "s.bin")
+    assert list(back) == list(state)
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor):
+            assert back[k].dtype == v.dtype and back[k].shape == v.shape and torch.equal(back[k], v), k
+        else:
+            assert back[k] == v, k
+
+
+def test_a_truncated_or_foreign_file_is_refused_with_its_path(tmp_path):
+    path = tmp_path / "s.bin"
+    write_state(path, {"c": torch.arange(1000, dtype=torch.float32)})
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(ValueError, match="truncated.*'c'"):
+        read_state(path)
+    torch.save({"c": torch.zeros(3)}, tmp_path / "other.bin")
+    with pytest.raises(ValueError, match="not a client state file"):
+        read_state(tmp_path / "other.bin")
+    with pytest.raises(TypeError, match="'bad'"):
+        write_state(tmp_path / "x.bin", {"bad": [1, 2]})
+
+
+def test_files_of_earlier_versions_are_read_and_the_newest_version_wins(tmp_path):
+    store = ClientStore(tmp_path, checkpoint_every=1, keep_checkpoints=5)
+    (tmp_path / "4").mkdir()
+    torch.save({"c": torch.full((3,), 1.0)}, tmp_path / "4" / "round_000001.pt")  # an earlier version's file
+    assert torch.equal(store.load(4, 2, CPU)["c"], torch.full((3,), 1.0))
+    store.save(4, 2, {"c": torch.full((3,), 2.0)})
+    assert torch.equal(store.load(4, 2, CPU)["c"], torch.full((3,), 1.0)), "round 2 reads what was written before it"
+    assert torch.equal(store.load(4, 3, CPU)["c"], torch.full((3,), 2.0))
+
+
+def test_load_waits_for_the_clients_own_write_behind(tmp_path, monkeypatch):
+    slow = store_module.write_state
+
+    def late(path, state):
+        time.sleep(0.3)
+        slow(path, state)
+
+    monkeypatch.setattr(store_module, "write_state", late)
+    store = ClientStore(tmp_path, checkpoint_every=1, keep_checkpoints=1)
+    store.save(7, 0, {"residual": torch.full((10,), 7.0)}, wait=False)
+    got = store.load(7, 1, CPU)
+    assert got is not None and torch.equal(got["residual"], torch.full((10,), 7.0))
+    store.flush()
