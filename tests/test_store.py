@@ -70,3 +70,19 @@ def test_load_waits_for_the_clients_own_write_behind(tmp_path, monkeypatch):
     got = store.load(7, 1, CPU)
     assert got is not None and torch.equal(got["residual"], torch.full((10,), 7.0))
     store.flush()
+
+
+def test_versions_past_the_horizon_are_written_over_and_read_back_exactly(tmp_path):
+    store = ClientStore(tmp_path, checkpoint_every=1, keep_checkpoints=1)  # keeps 2 rounds, then the newest older
+    for r in range(9):
+        size = 1000 if r < 4 else 10  # later states are shorter than the files they are written over
+        store.save(3, r, {"c": torch.full((size,), float(r)), "round": r}, wait=r % 2 == 0)
+    store.flush()
+    assert store._versions(3) == [5, 6, 7, 8]
+    for r in (6, 7, 8, 9):
+        got = store.load(3, r, CPU)
+        assert got["round"] == r - 1 and torch.equal(got["c"], torch.full((10,), float(r - 1)))
+    fresh = tmp_path / "fresh.bin"
+    write_state(fresh, {"c": torch.full((10,), 8.0), "round": 8})
+    assert (tmp_path / "3" / "round_000008.bin").stat().st_size == fresh.stat().st_size
+    assert not list(tmp_path.glob("3/*.tmp*"))

@@ -11,6 +11,10 @@ tensors' raw bytes: written with plain ``write`` calls, which release the GIL (s
 thread really runs beside the rank's training), and read straight into the tensors' memory.
 At a million float32 entries that is about half the time of ``torch.save`` and ``torch.load``,
 which pickle and zip. Files written as ``round_<r>.pt`` by earlier versions are still read.
+A version that no kept checkpoint can need any more is not deleted before the client's next
+version is written but renamed to that version's temporary name and written over: its pages
+are already in the page cache (on the virtual machines we measured, a newly allocated page
+costs several times its copy: 4 MB took about 2.5 ms to write fresh and 0.7 ms over an old file).
 
 Writes can be handed to a writer thread (``save(..., wait=False)``): error-feedback residuals are
 then written while the rank trains and encodes its next clients. :meth:`flush` waits for them;
@@ -67,9 +71,7 @@ class ClientStore:
     def load(self, cid: int, before_round: int, device: torch.device) -> dict | None:
         """The client's newest state written in a round ``< before_round``, or ``None`` (after the
         client's own writes on the writer thread are done; other clients' writes go on)."""
-        for owner, write in self._pending:
-            if owner == cid:
-                write.result()
+        self._wait_for(cid)
         files = self._files(cid)
         older = [v for v in sorted(files) if v < before_round]
         if not older:
@@ -84,10 +86,17 @@ class ClientStore:
         ``wait=False``: on the writer thread (the caller must not change ``state``'s tensors)."""
         state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
         if wait:
+            self._wait_for(cid)  # the client's versions are written in order
             return self._write(cid, round_idx, state)
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="fl-client-store")
         self._pending.append((cid, self._writer.submit(self._write, cid, round_idx, state)))
+
+    def _wait_for(self, cid: int) -> None:
+        """Wait for the client's own writes on the writer thread (re-raises their error)."""
+        for owner, write in self._pending:
+            if owner == cid:
+                write.result()
 
     def flush(self) -> None:
         """Wait until every write handed to the writer thread is on disk (re-raises its error)."""
@@ -99,12 +108,15 @@ class ClientStore:
         path = self._path(cid, round_idx)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        files = self._files(cid)
+        # versions no kept checkpoint can resume with: all older than the horizon but the newest of them
+        stale = [files[v] for v in sorted(files) if v < round_idx - self.horizon][:-1]
+        if stale and stale[0].suffix == ".bin":  # written over in place: its cached pages are reused
+            os.replace(stale.pop(0), tmp)
         write_state(tmp, state)
         os.replace(tmp, path)
-        files = self._files(cid)
-        old = [v for v in sorted(files) if v < round_idx - self.horizon]
-        for v in old[:-1]:  # the newest old version may still be what a kept checkpoint resumes with
-            files[v].unlink(missing_ok=True)
+        for old in stale:
+            old.unlink(missing_ok=True)
 
 
 def write_state(path: Path, state: dict) -> None:
@@ -126,10 +138,13 @@ def write_state(path: Path, state: dict) -> None:
         else:
             raise TypeError(f"client state {name!r}: {type(value).__name__} is neither a tensor nor a number")
     head = json.dumps(header).encode()
-    with open(path, "wb") as f:
+    # An existing file is written over and cut to length rather than truncated first: on some
+    # virtual machines a page the page cache must newly allocate costs several times the copy.
+    with open(path, "r+b" if path.exists() else "wb") as f:
         f.write(_MAGIC + struct.pack("<Q", len(head)) + head)
         for blob in blobs:
             f.write(blob)
+        f.truncate()
 
 
 def read_state(path: Path) -> dict:
