@@ -311,6 +311,9 @@ def test_top_k_through_a_sampled_threshold_is_the_exact_top_k(kind):
     assert len(idx) == k and len(idx.unique()) == k and torch.equal(idx, idx.sort().values)
     expected = v.abs().topk(k).values.sort().values
     assert torch.equal(v.abs()[idx].sort().values, expected), "the k largest magnitudes, ties aside"
+    kth = expected[0]
+    tied = (v.abs() == kth).nonzero().squeeze(1)
+    assert torch.equal(idx[v.abs()[idx] == kth], tied[:int((v.abs()[idx] == kth).sum())]), "ties go to the lower index"
 
 
 @pytest.mark.parametrize("k", [0, 1, 5, 11, 14])
