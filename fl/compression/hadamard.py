@@ -47,13 +47,14 @@ def _factor(n: int, norm: float, device: str) -> torch.Tensor:
     return (_sylvester(n, "cpu") * norm).to(device)
 
 
-def fwht(x: torch.Tensor) -> torch.Tensor:
+def fwht(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """The normalised Walsh-Hadamard transform of each row of ``x`` (row length ``n``, a power of two).
 
     ``H_n = H_a (x) H_b (x) H_c`` with ``a b c = n``: a row reshaped to ``a x b x c`` is multiplied
     by a small Hadamard matrix along each axis, three matrix products of side at most 32 (for
     blocks of 2^14) instead of ``log2 n`` passes over memory or two products of side 128. The
-    ``1/sqrt(n)`` rides in the first product's matrix (no pass of its own)."""
+    ``1/sqrt(n)`` rides in the first product's matrix (no pass of its own). ``out`` (as ``x``'s
+    shape, not ``x`` itself): where the last product is written."""
     rows, n = x.shape
     k = n.bit_length() - 1
     ka = k // 3
@@ -62,8 +63,10 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     device = str(x.device)
     y = x.reshape(rows, a, b, c) @ _factor(c, 1 / math.sqrt(n), device)
     y = _factor(b, 1.0, device) @ y
-    y = _factor(a, 1.0, device) @ y.reshape(rows, a, b * c)
-    return y.reshape(rows, n)
+    if out is None:
+        out = torch.empty_like(x)
+    torch.matmul(_factor(a, 1.0, device), y.reshape(rows, a, b * c), out=out.view(rows, a, b * c))
+    return out
 
 
 def signs(seed: int, round_idx: int, length: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -77,26 +80,27 @@ def _signs(seed: int, round_idx: int, length: int) -> torch.Tensor:
     return torch.randint(0, 2, (length,), generator=g).mul_(2).sub_(1).float()
 
 
-def _blockwise(x: torch.Tensor) -> torch.Tensor:
-    """:func:`fwht` of each block of ``x`` (a new tensor; ``x`` is not changed)."""
+def _blockwise(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """:func:`fwht` of each block of ``x``, written into ``out`` (contiguous, as long as ``x``, not
+    ``x``): the transform's last product lands there, with no copy."""
     full = len(x) // MAX_BLOCK * MAX_BLOCK
-    if full == len(x):
-        return fwht(x.reshape(-1, MAX_BLOCK)).reshape(-1)
-    out = torch.empty_like(x)
     if full:
-        out[:full] = fwht(x[:full].reshape(-1, MAX_BLOCK)).reshape(-1)
+        fwht(x[:full].view(-1, MAX_BLOCK), out[:full].view(-1, MAX_BLOCK))
     start = full
     for b in blocks(len(x) - full):
-        out[start:start + b] = fwht(x[start:start + b].reshape(1, b)).reshape(-1)
+        fwht(x[start:start + b].view(1, b), out[start:start + b].view(1, b))
         start += b
     return out
 
 
 def rotate(v: torch.Tensor, seed: int, round_idx: int) -> torch.Tensor:
     """``v`` rotated (as long as ``v``)."""
-    return _blockwise(v.float() * signs(seed, round_idx, len(v), v.device))
+    x = v.float().contiguous()
+    signed = x * signs(seed, round_idx, len(v), v.device)
+    return _blockwise(signed, torch.empty_like(signed))
 
 
 def unrotate(x: torch.Tensor, dim: int, seed: int, round_idx: int) -> torch.Tensor:
     """The inverse of :func:`rotate`: ``D H x`` (``H`` is its own inverse)."""
-    return _blockwise(x.float()).mul_(signs(seed, round_idx, dim, x.device))
+    x = x.float().contiguous()
+    return _blockwise(x, torch.empty_like(x)).mul_(signs(seed, round_idx, dim, x.device))
