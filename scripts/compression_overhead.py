@@ -2,15 +2,24 @@
 
 Workload: MNIST, 100 clients x 600 images (IID), 10 per round, E=1, B=32, SGD lr 0.05,
 `mlp` with hidden layers [1024, 256] (1,068,810 parameters), one process. Every codec runs the
-same rounds; codecs are interleaved within each repeat, and the median of the repeats' mean
+X
 round time is compared with no compression's.
 
     FL_DATA_ROOT=<folder with MNIST/raw> python scripts/compression_overhead.py [--rounds 10] [--repeats 3]
-        [--transport-only]
+        [--transport-only] [--touch-memory-gb G]
 
 First prints what one round's aggregation costs per codec (10 client vectors of 1,068,810 entries
-through the real all-reduce transport, no training), then the round times, and the aggregation
-cost each codec adds as a share of an uncompressed round.
+through the real all-reduce transport, no training), then the round times (each run: the median
+of its rounds after the first), and the aggregation cost each codec adds as a share of an
+uncompressed round.
+
+``--touch-memory-gb G`` first writes to G GiB of memory once and frees it. A freshly booted
+virtual machine may back a page of its memory only when the page is first touched, which makes
+a program's first use of new memory several times slower than later uses: on the machine of
+the README, writing a 4 MB file took about 10 ms the first time the kernel needed new pages for
+it and 0.9 ms after 12 GiB had been touched once. Error feedback writes a new file per client
+and round until the store can write over old versions, so on such a machine the first rounds
+measure the machine, not the codec.
 """
 
 from __future__ import annotations
@@ -87,12 +96,29 @@ def transport_costs(dim: int = 1_068_810, clients: int = 10, repeats: int = 10) 
     return costs
 
 
+def touch_memory(gib: float) -> None:
+    """Write to ``gib`` GiB (at most half of the available memory) once, in 256 MiB pieces, and free it."""
+    import os
+
+    import numpy as np
+
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    size = int(min(gib * 2 ** 30, available / 2))
+    pieces = [np.ones(2 ** 25) for _ in range(size // 2 ** 28)]  # 2^25 float64 = 256 MiB each
+    print(f"touched {len(pieces) * 256 / 1024:.1f} GiB of memory once", file=sys.stderr)
+    del pieces
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--transport-only", action="store_true", help="only the aggregation's cost per round")
+    p.add_argument("--touch-memory-gb", type=float, default=0.0,
+                   help="write to this much memory once before measuring (at most half of what is available)")
     args = p.parse_args()
+    if args.touch_memory_gb > 0:
+        touch_memory(args.touch_memory_gb)
     costs = transport_costs()
     if args.transport_only:
         return
@@ -104,7 +130,7 @@ def main() -> None:
         for rep in range(args.repeats):
             for name, extra in CODECS.items():
                 records = read(run_row(name, base + extra, Path(d)))
-                times[name].append(sum(r["round_s"] for r in records[1:]) / (len(records) - 1))  # round 1 warms up
+                times[name].append(statistics.median(r["round_s"] for r in records[1:]))  # round 1 warms up
                 print(f"repeat {rep + 1} {name:>14} {times[name][-1]:.3f} s/round", file=sys.stderr, flush=True)
     ref = statistics.median(times["none"])
     print(json.dumps({k: statistics.median(v) for k, v in times.items()}), file=sys.stderr)
