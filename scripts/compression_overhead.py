@@ -128,7 +128,8 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in CODECS}
     with tempfile.TemporaryDirectory() as d:
         for rep in range(args.repeats):
-            for name, extra in CODECS.items():
+            order = list(CODECS.items())
+            for name, extra in (order if rep % 2 == 0 else order[::-1]):  # drift during a repeat cancels out
                 records = read(run_row(name, base + extra, Path(d)))
                 times[name].append(statistics.median(r["round_s"] for r in records[1:]))  # round 1 warms up
                 print(f"repeat {rep + 1} {name:>14} {times[name][-1]:.3f} s/round", file=sys.stderr, flush=True)
