@@ -2,8 +2,8 @@
 
 Workload: MNIST, 100 clients x 600 images (IID), 10 per round, E=1, B=32, SGD lr 0.05,
 `mlp` with hidden layers [1024, 256] (1,068,810 parameters), one process. Every codec runs the
-X
-round time is compared with no compression's.
+same rounds; codecs are interleaved within each repeat (in reverse order every other repeat),
+and the median over repeats of each run's median round time is compared with no compression's.
 
     FL_DATA_ROOT=<folder with MNIST/raw> python scripts/compression_overhead.py [--rounds 10] [--repeats 3]
         [--transport-only] [--touch-memory-gb G]
@@ -14,8 +14,9 @@ of its rounds after the first), and the aggregation cost each codec adds as a sh
 uncompressed round.
 
 ``--touch-memory-gb G`` first writes to G GiB of memory once and frees it. A freshly booted
-virtual machine may back a page of its memory only when the page is first touched, which makes
-a program's first use of new memory several times slower than later uses: on the machine of
+virtual machine may back a page of its memory only when the page is first touched (and again
+after handing cold memory back to its host), which makes a program's first use of new memory
+several times slower than later uses: on the machine of
 the README, writing a 4 MB file took about 10 ms the first time the kernel needed new pages for
 it and 0.9 ms after 12 GiB had been touched once. Error feedback writes a new file per client
 and round until the store can write over old versions, so on such a machine the first rounds
