@@ -44,6 +44,7 @@ from fl.data.datasets import TensorData
 from fl.data.federation import ClientShard
 from fl.data.stream import batches
 from fl.runtime.seeding import generator
+from fl.training import pool
 from fl.training.flat import FlatModel
 from fl.training.job import LocalJob
 from fl.privacy.dp_sgd import poisson_batches
@@ -360,12 +361,16 @@ class BatchedTrainer:
 
 
 def _with_fed_dropout(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose ``nn.Dropout`` layers take their masks from the clients' streams."""
+    """A copy of ``module`` whose ``nn.Dropout`` layers take their masks from the clients' streams,
+    and whose 2x2 max-pooling layers are :class:`fl.training.pool.MaxPool2x2` (the same values and
+    gradients, faster on a CPU)."""
     twin = copy.deepcopy(module)
     for parent in twin.modules():
         for name, child in list(parent.named_children()):
             if type(child) is nn.Dropout:
                 setattr(parent, name, _Dropout(child.p))
+            elif pool.replaceable(child):
+                setattr(parent, name, pool.MaxPool2x2())
     return twin
 
 
