@@ -5,7 +5,8 @@ On a CPU, ``max_pool2d`` over a contiguous ``[N, C, H, W]`` tensor visits each w
 loop; for 250 images x 10 channels x 24 x 24 (a chunk of batched clients after the seed CNN's
 first convolution) it took 8 ms forward on one thread, where a ReLU of the same tensor took
 0.4 ms. Comparing the window's four strided views element-wise does the same in a few
-vectorised passes.
+vectorised passes (1.7 ms); the backward pass hands each output's source to ``max_pool2d``'s
+own backward kernel (4.5 ms forward and backward, against 9.1 ms).
 
 Ties are resolved as ``max_pool2d``'s CPU kernel resolves them: the gradient goes to the first
 entry of the window, in row-major order, that holds its maximum, exactly where ``max_pool2d``
@@ -39,18 +40,18 @@ class _MaxPool2x2(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         (x,) = inputs
-        ctx.shape = x.shape
-        ctx.save_for_backward(output[1])
+        ctx.save_for_backward(x, output[1])
         ctx.mark_non_differentiable(output[1])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _unused: torch.Tensor) -> torch.Tensor:
-        (which,) = ctx.saved_tensors
-        h, w = ctx.shape[-2] // 2 * 2, ctx.shape[-1] // 2 * 2
-        out = grad.new_zeros(ctx.shape)
-        for k, (i, j) in enumerate(_CORNERS):
-            out[..., i:h:2, j:w:2] = grad * (which == k)
-        return out
+        (x, which) = ctx.saved_tensors
+        width = x.shape[-1]
+        # each output's source as max_pool2d_with_indices gives it (row * width + column), then its kernel
+        rows = torch.arange(which.shape[-2], device=which.device).mul_(2 * width)
+        base = rows[:, None] + torch.arange(which.shape[-1], device=which.device).mul_(2)
+        source = (which >> 1).long().mul_(width - 2).add_(which.long()).add_(base)  # corner k: (k >> 1) * width + (k & 1)
+        return torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, source)
 
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
