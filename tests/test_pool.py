@@ -42,3 +42,15 @@ def test_only_plain_2x2_pooling_is_replaced():
                   nn.MaxPool2d(2, dilation=2), nn.MaxPool2d(2, return_indices=True), nn.AvgPool2d(2)):
         assert not replaceable(other), other
     assert torch.equal(MaxPool2x2()(torch.arange(16.0).view(1, 1, 4, 4)), torch.tensor([[[[5.0, 7.0], [13.0, 15.0]]]]))
+
+
+def test_batched_training_on_a_cpu_pools_with_it_and_leaves_the_model_alone():
+    from fl.models import cnn_padded
+    from fl.training.batched import SGD, BatchedTrainer
+    from fl.training.flat import FlatModel
+
+    fm = FlatModel(cnn_padded((1, 8, 8), 10))
+    trainer = BatchedTrainer(fm, SGD(lr=0.1), "classification", (1, 8, 8), 64)
+    kinds = [type(m) for m in trainer.module.modules()]
+    assert MaxPool2x2 in kinds and nn.MaxPool2d not in kinds
+    assert nn.MaxPool2d in [type(m) for m in fm.module.modules()], "the user's model keeps its own layers"
