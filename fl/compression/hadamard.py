@@ -95,8 +95,7 @@ def _blockwise(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 def rotate(v: torch.Tensor, seed: int, round_idx: int) -> torch.Tensor:
     """``v`` rotated (as long as ``v``)."""
-    x = v.float().contiguous()
-    signed = x * signs(seed, round_idx, len(v), v.device)
+    signed = v.float() * signs(seed, round_idx, len(v), v.device)  # a new, contiguous tensor
     return _blockwise(signed, torch.empty_like(signed))
 
 

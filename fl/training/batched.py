@@ -166,7 +166,7 @@ class BatchedTrainer:
                  max_clients: int | None = None) -> None:
         self.sgd, self.objective = sgd, objective
         self.memory_mb, self.max_clients = float(memory_mb), max_clients
-        self.module = _with_fed_dropout(fm.module, faster_pooling=fm.flat.device.type == "cpu")
+        self.module = _batched_twin(fm.module, faster_pooling=fm.flat.device.type == "cpu")
         self.names = [n for n, _ in self.module.named_parameters()]
         self.shapes = [p.shape for _, p in self.module.named_parameters()]
         self.numels = [p.numel() for _, p in self.module.named_parameters()]
@@ -360,7 +360,7 @@ class BatchedTrainer:
         return tuple(out)
 
 
-def _with_fed_dropout(module: nn.Module, faster_pooling: bool = False) -> nn.Module:
+def _batched_twin(module: nn.Module, faster_pooling: bool = False) -> nn.Module:
     """A copy of ``module`` whose ``nn.Dropout`` layers take their masks from the clients' streams;
     with ``faster_pooling`` (on a CPU), its 2x2 max-pooling layers are
     :class:`fl.training.pool.MaxPool2x2` (the same values and gradients, faster there; a GPU's own

@@ -13,8 +13,9 @@ At a million float32 entries that is about half the time of ``torch.save`` and `
 which pickle and zip. Files written as ``round_<r>.pt`` by earlier versions are still read.
 A version that no kept checkpoint can need any more is not deleted before the client's next
 version is written but renamed to that version's temporary name and written over: its pages
-are already in the page cache (on the virtual machines we measured, a newly allocated page
-costs several times its copy: 4 MB took about 2.5 ms to write fresh and 0.7 ms over an old file).
+are already in the page cache (on a virtual machine that backs its memory lazily, a newly
+allocated page costs several times its copy: 4 MB took about 2.5 ms to write to a new file and
+0.7 ms over an old one).
 
 Writes can be handed to a writer thread (``save(..., wait=False)``): error-feedback residuals are
 then written while the rank trains and encodes its next clients. :meth:`flush` waits for them;
