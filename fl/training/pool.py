@@ -50,12 +50,14 @@ class _MaxPool2x2(torch.autograd.Function):
         # each output's source as max_pool2d_with_indices gives it (row * width + column), then its kernel
         rows = torch.arange(which.shape[-2], device=which.device).mul_(2 * width)
         base = rows[:, None] + torch.arange(which.shape[-1], device=which.device).mul_(2)
-        source = (which >> 1).long().mul_(width - 2).add_(which.long()).add_(base)  # corner k: (k >> 1) * width + (k & 1)
+        k = which.long()
+        source = (k >> 1).mul_(width - 2).add_(k).add_(base)  # corner k: (k >> 1) * width + (k & 1)
         return torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, source)
 
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
-    """``F.max_pool2d(x, 2)``: values and gradient (ties, NaNs) alike."""
+    """``F.max_pool2d(x, 2)``: the same values, and the same gradient, ties included (a window
+    holding a NaN: NaN as well, its NaN gradient possibly on another entry)."""
     return _MaxPool2x2.apply(x)[0]
 
 

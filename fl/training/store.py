@@ -63,9 +63,6 @@ class ClientStore:
             return {}
         return {int(m.group(1)): p for p in folder.iterdir() if (m := _NAME.match(p.name))}
 
-    def _versions(self, cid: int) -> list[int]:
-        return sorted(self._files(cid))
-
     def _path(self, cid: int, round_idx: int) -> Path:
         return self.folder / str(cid) / f"round_{round_idx:06d}.bin"
 
