@@ -43,6 +43,17 @@ def _mlp_dropout() -> nn.Module:
                          nn.Dropout(0.5), nn.Linear(32, 10))
 
 
+class _Wrapped(nn.Module):
+    """cnn_padded inside a module of its own: not an nn.Sequential, so it trains under vmap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = cnn_padded((1, 8, 8), 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 def _tasks(make, epochs=(2,), batch_size=16, store=None):
     return [ClientTask(cid, 3, 7, LocalTraining(epochs[cid % len(epochs)], None, batch_size), make, store)
             for cid in range(len(SIZES))]
@@ -62,7 +73,8 @@ def _assert_same(serial, batched, atol=1e-6):
     (lambda: cnn_padded((1, 8, 8), 10), dict(lr=0.05)),
     (lambda: cnn_padded((1, 8, 8), 10), dict(lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True)),
     (_mlp_dropout, dict(lr=0.1, momentum=0.5, dampening=0.1)),
-], ids=["cnn-sgd", "cnn-nesterov-wd", "mlp-dropout-momentum"])
+    (_Wrapped, dict(lr=0.05, momentum=0.9)),
+], ids=["cnn-sgd", "cnn-nesterov-wd", "mlp-dropout-momentum", "cnn-vmap"])
 def test_batched_clients_equal_serial_clients_with_unequal_sizes_and_epochs(model, opt):
     shards = _digits_shards()
     torch.manual_seed(0)
@@ -73,6 +85,7 @@ def test_batched_clients_equal_serial_clients_with_unequal_sizes_and_epochs(mode
     serial = [local_train(fm, start, shard, task) for shard, task in zip(shards, tasks)]
     trainer = BatchedTrainer(fm, SGD.of(make), "classification", (1, 8, 8), memory_mb=1024, max_clients=4)
     batched = trainer.train([(LocalJob(start, task), shard) for shard, task in zip(shards, tasks)])
+    assert (trainer.grouped is None) == (model is _Wrapped), "sequential models run grouped, others under vmap"
     assert len({u.num_steps for u in serial}) > 3, "clients must differ in their number of steps"
     assert trainer.train([]) == []  # a rank whose clients all dropped out
     _assert_same(serial, batched)

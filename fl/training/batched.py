@@ -9,6 +9,11 @@ at every step the clients still training are a prefix of the chunk: a finished c
 taking part, its data is never padded with fake steps. Within a step, a client's short last
 batch of an epoch is padded and its padding weighs zero in the loss.
 
+On a CPU, a sequential model of common layers (convolutions, pooling, activations, dropout,
+flatten, linear) runs through :mod:`fl.training.grouped` instead of ``vmap``: the same gradients
+as grouped convolutions in channels-last layout and batched matrix products, about 1.7 times as
+fast there for the seed CNN. Other models, and every model on a GPU, run under ``vmap``.
+
 The result equals training the clients one after another (:func:`fl.training.local.local_train`)
 up to float rounding: each client draws its batches from its own ``(seed, round, client)``
 stream exactly as the serial path does, and ``nn.Dropout`` draws its masks from the client's
@@ -44,7 +49,7 @@ from fl.data.datasets import TensorData
 from fl.data.federation import ClientShard
 from fl.data.stream import batches
 from fl.runtime.seeding import generator
-from fl.training import pool
+from fl.training import grouped, pool
 from fl.training.flat import FlatModel
 from fl.training.job import LocalJob
 from fl.privacy.dp_sgd import poisson_batches
@@ -173,7 +178,12 @@ class BatchedTrainer:
         self.dim = len(fm)
         self.device = fm.flat.device
         self.input_shape = tuple(int(s) for s in input_shape)
-        self._grad = vmap(grad(self._loss, has_aux=True), randomness="error")
+        # On a CPU, a sequential model of known layers runs as grouped convolutions in channels-last
+        # layout (fl.training.grouped), faster there than vmap's; anything else runs under vmap.
+        self.grouped = grouped.Grouped(fm.module, self.names) if self.device.type == "cpu" and \
+            grouped.why_not(fm.module, input_shape) is None else None
+        self._grad = self._grouped_grad if self.grouped is not None else \
+            vmap(grad(self._loss, has_aux=True), randomness="error")
         self._dp_grad = vmap(self._clipped_sum, in_dims=(0, 0, 0, 0, 0, None), randomness="error")
         self.calls, self.activations = self._probe()
 
@@ -192,6 +202,22 @@ class BatchedTrainer:
         out = self._forward(params, x, masks)
         total = (per_sample_loss(out, y, self.objective) * weight).sum()
         return total / weight.sum().clamp_min(1), total.detach()
+
+    def _grouped_grad(self, params: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor,
+                      weight: torch.Tensor, masks: tuple[torch.Tensor, ...]
+                      ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """What the vmapped :meth:`_loss` gradient returns, through :class:`fl.training.grouped.Grouped`:
+        the gradient of the sum of the clients' losses is each client's own gradient."""
+        with torch.enable_grad():
+            leaves = [p.detach().requires_grad_() for p in params]
+            out = self.grouped.forward(leaves, x, masks)  # type: ignore[union-attr]
+            n, b = out.shape[:2]
+            per = per_sample_loss(out.reshape(n * b, *out.shape[2:]), y.reshape(n * b, *y.shape[2:]),
+                                  self.objective).view(n, b) * weight
+            total = per.sum(1)
+            loss = (total / weight.sum(1).clamp_min(1)).sum()
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+        return grads, total.detach()
 
     def _sample_loss(self, params: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor,
                      masks: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
