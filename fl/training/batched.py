@@ -349,8 +349,8 @@ class BatchedTrainer:
     @staticmethod
     def _lanes(fn, views: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
                masks: tuple[torch.Tensor, ...], *rest) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """``fn`` (a vmapped gradient) of the first ``k`` clients. ``vmap`` over a single client runs
-        other kernels than over several (an ungrouped convolution instead of a grouped one), whose
+        """``fn`` (a batched gradient) of the first ``k`` clients. Over a single client, ``vmap`` and
+        the grouped path run other kernels than over several (an ungrouped convolution), whose
         float rounding differs; a client would then train differently when it is alone in its chunk,
         which depends on the world size. A lone client is computed as two identical lanes."""
         if x.shape[0] != 1:
