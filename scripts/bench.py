@@ -1,6 +1,7 @@
 """Seconds per round: fl vs a minimal framework-free torch.distributed FedAvg, same workload.
 
-Two workloads, each run through every program in the same invocation, interleaved:
+Two workloads, each run through every program in the same invocation, interleaved (in reverse order
+every other repeat):
 
 * cross-silo (conf/experiment/bench.yaml): real MNIST, `cnn`, 100 clients of 600 images, 10 per
   round, E=1, B=32, SGD lr 0.05, 20 rounds;
@@ -93,10 +94,16 @@ def compare(name: str, a: argparse.Namespace, root: Path) -> dict:
     w = WORKLOADS[name]
     rounds = a.rounds or w["rounds"]
     runs: dict[str, list[dict]] = {"minimal": [], "fl_batched": [], "fl_serial": [], "fl_default_job": []}
+    programs = {
+        "minimal": lambda: run_minimal(a.nproc, root, rounds, *w["minimal"]),
+        "fl_batched": lambda: run_fl(a.nproc, root, rounds, experiment=w["experiment"]),
+        "fl_serial": lambda: run_fl(a.nproc, root, rounds, "fl.client_batch=off", experiment=w["experiment"]),
+    }
     for i in range(a.repeats):  # interleaved, so drift in machine load hits all alike
-        runs["minimal"].append(run_minimal(a.nproc, root, rounds, *w["minimal"]))
-        runs["fl_batched"].append(run_fl(a.nproc, root, rounds, experiment=w["experiment"]))
-        runs["fl_serial"].append(run_fl(a.nproc, root, rounds, "fl.client_batch=off", experiment=w["experiment"]))
+        # in reverse order every other repeat: no program always runs just after another one (a run
+        # can leave the machine slower for the next, e.g. memory the kernel must hand out again)
+        for k in (list(programs) if i % 2 == 0 else list(reversed(programs))):
+            runs[k].append(programs[k]())
         if name == "cross-silo":  # the default job (make run): start-up only
             runs["fl_default_job"].append(run_fl(a.nproc, None, 1, "runtime.progress=false"))
         print(f"{name} repeat {i + 1}: " + ", ".join(f"{k} {v[-1]['round_s']:.4f} s/round" for k, v in runs.items()
