@@ -35,6 +35,23 @@ def tensors(root: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return ((ds.data.float() / 255 - 0.1307) / 0.3081).unsqueeze(1), ds.targets.long()
 
 
+def train_client(model: nn.Module, global_w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+                 cid: int, rnd: int, lr: float, batch_size: int) -> torch.Tensor:
+    """One client's local epoch of SGD from ``global_w`` on rows ``idx``; its weights' change."""
+    # clone: vector_to_parameters makes the parameters *views* of its argument, so without
+    # it local SGD steps would write into global_w itself
+    vector_to_parameters(global_w.clone(), model.parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    perm = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(cid * 7919 + rnd))]
+    for b in range(0, len(perm), batch_size):
+        rows = perm[b:b + batch_size]
+        loss = F.cross_entropy(model(x[rows]), y[rows])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return parameters_to_vector(model.parameters()).detach() - global_w
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data-root", default="data")
@@ -65,19 +82,8 @@ def main() -> None:
         mine = torch.tensor_split(torch.tensor(cohort), world)[rank].tolist()
         acc = torch.zeros(global_w.numel() + 1)
         for cid in mine:
-            # clone: vector_to_parameters makes the parameters *views* of its argument, so without
-            # it local SGD steps would write into global_w itself
-            vector_to_parameters(global_w.clone(), model.parameters())
-            opt = torch.optim.SGD(model.parameters(), lr=a.lr)
             idx = parts[cid]
-            perm = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(cid * 7919 + rnd))]
-            for b in range(0, len(perm), a.batch_size):
-                rows = perm[b:b + a.batch_size]
-                loss = F.cross_entropy(model(x[rows]), y[rows])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            acc[:-1] += len(idx) * (parameters_to_vector(model.parameters()).detach() - global_w)
+            acc[:-1] += len(idx) * train_client(model, global_w, x, y, idx, cid, rnd, a.lr, a.batch_size)
             acc[-1] += len(idx)
         dist.all_reduce(acc)
         global_w += acc[:-1] / acc[-1]
