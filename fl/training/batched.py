@@ -164,11 +164,12 @@ class BatchedTrainer:
 
     ``memory_mb`` bounds the estimated memory of one chunk (weights, gradients, momentum and the
     strategy's per-client vectors for each client, plus activations of its batch); ``max_clients``
-    caps a chunk's size outright.
+    caps a chunk's size outright. ``grouped_on_cpu=False`` runs every model under ``vmap`` (to
+    compare the two paths).
     """
 
     def __init__(self, fm: FlatModel, sgd: SGD, objective: str, input_shape: Sequence[int], memory_mb: float,
-                 max_clients: int | None = None) -> None:
+                 max_clients: int | None = None, grouped_on_cpu: bool = True) -> None:
         self.sgd, self.objective = sgd, objective
         self.memory_mb, self.max_clients = float(memory_mb), max_clients
         self.module = _batched_twin(fm.module, faster_pooling=fm.flat.device.type == "cpu")
@@ -180,8 +181,8 @@ class BatchedTrainer:
         self.input_shape = tuple(int(s) for s in input_shape)
         # On a CPU, a sequential model of known layers runs as grouped convolutions in channels-last
         # layout (fl.training.grouped), faster there than vmap's; anything else runs under vmap.
-        self.grouped = grouped.Grouped(fm.module, self.names) if self.device.type == "cpu" and \
-            grouped.why_not(fm.module, input_shape) is None else None
+        self.grouped = grouped.Grouped(fm.module, self.names) if grouped_on_cpu and self.device.type == "cpu" \
+            and grouped.why_not(fm.module, input_shape) is None else None
         self._grad = self._grouped_grad if self.grouped is not None else \
             vmap(grad(self._loss, has_aux=True), randomness="error")
         self._dp_grad = vmap(self._clipped_sum, in_dims=(0, 0, 0, 0, 0, None), randomness="error")
