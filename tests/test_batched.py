@@ -86,6 +86,8 @@ def test_batched_clients_equal_serial_clients_with_unequal_sizes_and_epochs(mode
     trainer = BatchedTrainer(fm, SGD.of(make), "classification", (1, 8, 8), memory_mb=1024, max_clients=4)
     batched = trainer.train([(LocalJob(start, task), shard) for shard, task in zip(shards, tasks)])
     assert (trainer.grouped is None) == (model is _Wrapped), "sequential models run grouped, others under vmap"
+    assert trainer.path == ("torch.func.vmap: _Wrapped is not an nn.Sequential" if model is _Wrapped
+                            else "grouped convolutions, channels-last")
     assert len({u.num_steps for u in serial}) > 3, "clients must differ in their number of steps"
     assert trainer.train([]) == []  # a rank whose clients all dropped out
     _assert_same(serial, batched)

@@ -181,8 +181,14 @@ class BatchedTrainer:
         self.input_shape = tuple(int(s) for s in input_shape)
         # On a CPU, a sequential model of known layers runs as grouped convolutions in channels-last
         # layout (fl.training.grouped), faster there than vmap's; anything else runs under vmap.
-        self.grouped = grouped.Grouped(fm.module, self.names) if grouped_on_cpu and self.device.type == "cpu" \
-            and grouped.why_not(fm.module, input_shape) is None else None
+        if self.device.type != "cpu":
+            why = "the device is not a CPU"
+        elif not grouped_on_cpu:
+            why = "grouped_on_cpu=False"
+        else:
+            why = grouped.why_not(fm.module, input_shape)
+        self.grouped = grouped.Grouped(fm.module, self.names) if why is None else None
+        self.path = "grouped convolutions, channels-last" if why is None else f"torch.func.vmap: {why}"  # for the log
         self._grad = self._grouped_grad if self.grouped is not None else \
             vmap(grad(self._loss, has_aux=True), randomness="error")
         self._dp_grad = vmap(self._clipped_sum, in_dims=(0, 0, 0, 0, 0, None), randomness="error")

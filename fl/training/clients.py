@@ -48,8 +48,8 @@ class ClientTraining:
                               "fl.client_batch=auto (trains one client at a time when it cannot batch) or off")
         if is_main:
             if self.trainer is not None:
-                log.info("client training: batched, up to %d clients per chunk (fl.client_batch=%s, "
-                         "fl.client_batch_memory_mb=%s)", self.trainer.chunk_size(batch_size, 2),
+                log.info("client training: batched (%s), up to %d clients per chunk (fl.client_batch=%s, "
+                         "fl.client_batch_memory_mb=%s)", self.trainer.path, self.trainer.chunk_size(batch_size, 2),
                          setting, memory_mb)
             elif setting == "auto":
                 log.info("client training: one client at a time, because %s", self.reason)
