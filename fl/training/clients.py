@@ -56,13 +56,15 @@ class ClientTraining:
 
     def _build(self, setting: str | int, memory_mb: float, fm: FlatModel, sgd: SGD, input_shape: Sequence[int],
                objective: str, dp: bool) -> str | None:
+        trainer = None
         try:
             trainer = BatchedTrainer(fm, sgd, objective, input_shape, memory_mb,
                                      None if setting == "auto" else int(setting))
             trainer.check(dp)
-        except Exception as e:  # noqa: BLE001 - whatever vmap cannot run is a reason to train serially
+        except Exception as e:  # noqa: BLE001 - whatever cannot run batched is a reason to train serially
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            return f"the model does not run under torch.func.vmap ({type(e).__name__}: {first[:200]})"
+            path = "torch.func.vmap" if trainer is None or dp or trainer.grouped is None else "grouped convolutions"
+            return f"the model does not run under {path} ({type(e).__name__}: {first[:200]})"
         self.trainer = trainer
         return None
 
