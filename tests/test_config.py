@@ -23,6 +23,7 @@ from fl.errors import ConfigError
     (["fl.holdout_fraction=1.0"], 1, r"fl.holdout_fraction=1.0 is invalid: must be a number in \[0, 1\)"),
     (["strategy.transport=ring"], 1, r"strategy.transport='ring' is invalid: must be one of auto, allreduce, gather"),
     (["runtime.backend=mpi"], 1, r"runtime.backend='mpi' is invalid"),
+    (["runtime.malloc=jemalloc"], 1, r"runtime.malloc='jemalloc' is invalid: must be one of keep, system"),
     (["partition=dirichlet", "partition.alpha=0"], 1, r"partition.alpha=0 is invalid: must be a number > 0"),
     (["partition=shards", "partition.shards_per_client=0"], 1, r"partition.shards_per_client=0 is invalid"),
     (["data=synthetic", "data.shape=[1,8]"], 1, r"data.shape=\[1, 8\] is invalid"),

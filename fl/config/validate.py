@@ -19,6 +19,7 @@ from fl.data import folder
 from fl.engine import target as stop_target
 from fl.data.datasets import SITE_DATASETS
 from fl.errors import ConfigError
+from fl.runtime.allocator import MODES as MALLOC_MODES
 from fl.runtime.env import BACKENDS
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def validate(cfg: DictConfig, world_size: int, rank: int = 0) -> None:
     _choice(cfg, "runtime.backend", BACKENDS)
     _choice(cfg, "runtime.device", ("auto", "cpu", "cuda"))
     _choice(cfg, "runtime.log_level", LOG_LEVELS)
+    _choice(cfg, "runtime.malloc", MALLOC_MODES)
     if not (isinstance(cfg.runtime.timeout_s, (int, float)) and cfg.runtime.timeout_s > 0):
         raise ConfigError("runtime.timeout_s", cfg.runtime.timeout_s, "must be a number of seconds > 0")
 

@@ -42,6 +42,7 @@ from fl.training.clients import ClientTraining
 from fl.training.local import local_train
 from fl.training.store import ClientStore
 from fl.training.cohort import assign, client_epochs, drops_out, local_steps, sample_cohort, slowdown
+from fl.runtime import allocator
 from fl.runtime.comm import Comm
 from fl.errors import ConfigError
 from fl.secagg.settings import Masking
@@ -75,6 +76,7 @@ def run(cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, init_method:
     env = env or DistEnv.from_environ()
     setup_logging(env.rank, cfg.runtime.log_level)
     job = prepare(cfg, env.world_size, env.rank, env.local_rank)
+    allocator.configure(cfg.runtime.malloc)  # before the data and the model are allocated
     with process_group(env, job.device, job.backend, float(cfg.runtime.timeout_s), init_method), \
             StopRequest() as stop, stream_loaders():
         comm = Comm(env.rank, env.world_size, job.device, float(cfg.runtime.timeout_s))
