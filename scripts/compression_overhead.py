@@ -60,6 +60,7 @@ def transport_costs(dim: int = 1_068_810, clients: int = 10, repeats: int = 10) 
     import torch
 
     from fl.compression.codecs import Cast, NoCompression, Quantize, RandK, TopK
+    from fl.runtime import allocator
     from fl.compression.uplink import Uplink
     from fl.runtime.comm import Comm
     from fl.strategies import FedAvg
@@ -67,6 +68,7 @@ def transport_costs(dim: int = 1_068_810, clients: int = 10, repeats: int = 10) 
     from fl.transport.plain import SumAggregator
     from fl.types import ClientUpdate
 
+    allocator.configure("keep")  # as a run does (runtime.malloc's default)
     cpu = torch.device("cpu")
     deltas = [torch.randn(dim, generator=torch.Generator().manual_seed(c)) * 0.01 for c in range(clients)]
     codecs = {"none": NoCompression(), "fp16": Cast("float16"), "4bit": Quantize(4),
