@@ -7,6 +7,7 @@ and the median over repeats of each run's median round time is compared with no 
 
     FL_DATA_ROOT=<folder with MNIST/raw> python scripts/compression_overhead.py [--rounds 10] [--repeats 3]
         [--transport-only] [--touch-memory-gb G]
+    python scripts/compression_overhead.py --breakdown    # where the aggregation's time goes
 
 First prints what one round's aggregation costs per codec (10 client vectors of 1,068,810 entries
 through the real all-reduce transport, no training), then the round times (each run: the median
@@ -99,6 +100,71 @@ def transport_costs(dim: int = 1_068_810, clients: int = 10, repeats: int = 10) 
     return costs
 
 
+def breakdown(dim: int = 1_068_810, clients: int = 10, rounds: int = 20, warm: int = 5) -> None:
+    """Where one round's aggregation goes, for 4-bit + rotation and for top-k + error feedback:
+    the parts are timed by wrapping the functions that do them (ms per round, mean of the rounds
+    after ``warm``; a part called inside another is counted in both)."""
+    import functools
+    import time
+
+    import torch
+
+    from fl.compression import codecs, hadamard
+    from fl.compression.uplink import Uplink
+    from fl.runtime import allocator
+    from fl.runtime.comm import Comm
+    from fl.strategies import FedAvg
+    from fl.training.store import ClientStore
+    from fl.transport.plain import SumAggregator
+    from fl.types import ClientUpdate
+
+    allocator.configure("keep")
+    spent: dict[str, float] = {}
+
+    def timed(owner: object, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+
+        @functools.wraps(inner)
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.perf_counter() - t0
+        setattr(owner, name, wrapper)
+
+    parts = [(hadamard, "_blockwise", "Hadamard products (all rotations)"), (hadamard, "signs", "random signs"),
+             (codecs.Quantize, "codes", "codes"), (codecs, "_uniform16", "codes: random draws"),
+             (codecs.Quantize, "local_scale", "shared scale"), (ClientStore, "load", "residual files: read"),
+             (ClientStore, "save", "residual files: handed to the writer thread"),
+             (ClientStore, "flush", "residual files: waiting for the writer thread"),
+             (codecs, "_top_indices", "top-k selection"), (codecs.TopK, "add_decoded", "top-k: added into the sum")]
+    for owner, name, label in parts:
+        timed(owner, name, label)
+    cpu = torch.device("cpu")
+    deltas = [torch.randn(dim, generator=torch.Generator().manual_seed(c)) * 0.01 for c in range(clients)]
+    for name, codec in {"4bit+rotation": codecs.Quantize(4, rotate=True), "topk1%+EF": codecs.TopK(0.01)}.items():
+        with tempfile.TemporaryDirectory() as d:
+            store = ClientStore(Path(d), checkpoint_every=1, keep_checkpoints=1)
+            total = 0.0
+            for r in range(rounds):
+                if r == warm:
+                    spent.clear()
+                    total = 0.0
+                t0 = time.perf_counter()
+                agg = SumAggregator(FedAvg(), Comm(0, 1, cpu), dim, cpu, uplink=Uplink(codec, 0, r, dim, store))
+                for c, delta in enumerate(deltas):
+                    agg.add(ClientUpdate(c, delta, 600, torch.tensor(1.0), 600, 19))
+                combined = agg.combine(r)
+                agg.pipeline.server(combined.aggregate, combined.counters, r)
+                total += time.perf_counter() - t0
+        n = rounds - warm
+        print(f"{name}: {total / n * 1000:.1f} ms per round of {clients} clients")
+        for label, seconds in spent.items():
+            print(f"  {label}: {seconds / n * 1000:.1f} ms")
+        spent.clear()
+
+
 def touch_memory(gib: float) -> None:
     """Write to ``gib`` GiB (at most half of the available memory) once, in 256 MiB pieces, and free it."""
     import os
@@ -117,11 +183,15 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--transport-only", action="store_true", help="only the aggregation's cost per round")
+    p.add_argument("--breakdown", action="store_true",
+                   help="only where the aggregation's time goes, for 4-bit + rotation and top-k + error feedback")
     p.add_argument("--touch-memory-gb", type=float, default=0.0,
                    help="write to this much memory once before measuring (at most half of what is available)")
     args = p.parse_args()
     if args.touch_memory_gb > 0:
         touch_memory(args.touch_memory_gb)
+    if args.breakdown:
+        return breakdown()
     costs = transport_costs()
     if args.transport_only:
         return
