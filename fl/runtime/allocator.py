@@ -4,16 +4,15 @@ By default glibc serves a large allocation (above a threshold that adapts, at mo
 a memory mapping of its own, unmaps it when it is freed, and hands the top of its heap back to
 the kernel as soon as more than a little is free there. Training allocates tensors of the same
 sizes over and over (a layer's gradient every step, a client's update every round), so each of
-them is a fresh mapping that the kernel fills page by page on first touch. On a virtual machine
-a page fault is expensive: on the README's 2-core machine, ``z = x * 2`` for a 4 MB tensor took
-about 1 ms that way and 0.07 ms in memory the process kept, and a round of the 1M-parameter
-``mlp`` was about a quarter faster with the memory kept (``scripts/compression_overhead.py``).
+them is a fresh mapping that the kernel fills page by page on first touch, which is slow on a
+virtual machine: on the README's 2-core machine, a round of the 1M-parameter ``mlp`` took 0.72x
+the time with the memory kept (``scripts/malloc_cost.py``).
 
 ``runtime.malloc``:
 
 - ``keep`` (default): no allocation is a mapping of its own (``M_MMAP_MAX=0``), and the heap's
   free top is handed back only beyond 1 GiB (``M_TRIM_THRESHOLD``). Freed memory is reused by
-  the next allocations; the peak resident memory of that run grew by about 4%.
+  the next allocations; the peak resident memory of that run grew by about 5%.
 - ``system``: fl leaves the C library's settings as the process has them.
 
 Elsewhere (macOS, Windows, musl) ``keep`` changes nothing. jemalloc or tcmalloc preloaded with
