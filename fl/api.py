@@ -11,6 +11,8 @@
 The job is the same as ``python train.py`` with those overrides: validated first (a mistake
 raises :class:`fl.errors.ConfigError` naming the key), the same run directory records, the
 same resume rules (calling it again with the same directory continues or says it is complete).
+The job's ``runtime.malloc`` (default ``keep``: :mod:`fl.runtime.allocator`) then applies to this
+process from that point on; ``runtime.malloc=system`` leaves it as it is.
 """
 
 from __future__ import annotations
