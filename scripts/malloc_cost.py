@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -22,6 +20,10 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fl.report.runs import read_records  # noqa: E402
+
 MODES = ("keep", "system")
 
 # one run in a fresh process: the settings are process-wide and cannot be undone
@@ -44,14 +46,10 @@ def run(mode: str, rounds: int, run_dir: Path) -> tuple[float, float]:
                  f"fl.rounds={rounds}", f"fl.eval_every={rounds}", "fl.holdout_fraction=0", "fl.checkpoint_every=0",
                  "runtime.progress=false", "runtime.log_level=WARNING", f"runtime.malloc={mode}",
                  f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run([sys.executable, "-c", CHILD, *overrides], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+    proc = subprocess.run([sys.executable, "-c", CHILD, *overrides], cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"runtime.malloc={mode} failed:\n{proc.stderr[-2000:]}")
     maxrss_kb = int(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("MAXRSS_KB")))
-    sys.path.insert(0, str(REPO))
-    from fl.report.runs import read_records
-
     records = read_records(run_dir)
     return statistics.median(r["round_s"] for r in records[1:]), maxrss_kb / 1024
 
