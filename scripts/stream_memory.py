@@ -7,7 +7,7 @@ federated job per size and path as ``python train.py`` under a per-process memor
 (``data.stream=true``) should stay flat as the dataset grows; the in-memory path holds the
 dataset as float32 tensors and runs out of its budget. Linux only (``/proc``, ``prlimit``).
 
-    python scripts/stream_memory.py --sizes-mb 256 2048 --budget-mb 1024
+    python scripts/stream_memory.py --sizes-mb 256 2048 --budget-mb 1024 [--malloc keep|system]
 """
 
 from __future__ import annotations
@@ -64,11 +64,11 @@ def _tree_pss_mb(pid: int) -> float:
     return total
 
 
-def _run(root: Path, stream: bool, budget_mb: int, run_dir: Path) -> tuple[str, float, float]:
+def _run(root: Path, stream: bool, budget_mb: int, run_dir: Path, malloc: str = "keep") -> tuple[str, float, float]:
     args = [sys.executable, str(REPO / "train.py"), "data=custom", "data._target_=fl.data.ondisk.load",
             f"+data.root={root}", f"data.stream={str(stream).lower()}", "data.workers=2", "model=logreg",
             "fl.num_clients=2", "fl.rounds=1", "fl.local_epochs=1", "train.batch_size=256",
-            "fl.holdout_fraction=0", "runtime.progress=false", f"hydra.run.dir={run_dir}"]
+            "fl.holdout_fraction=0", "runtime.progress=false", f"runtime.malloc={malloc}", f"hydra.run.dir={run_dir}"]
     limit = budget_mb * 2**20
     shutil.rmtree(run_dir, ignore_errors=True)  # this script's own run directory: always a fresh run
 
@@ -96,6 +96,7 @@ def main() -> None:
     p.add_argument("--sizes-mb", type=int, nargs="+", default=[256, 2048])
     p.add_argument("--budget-mb", type=int, default=1024, help="RLIMIT_DATA of each process of the job")
     p.add_argument("--folder", type=Path, default=None, help="where to write the datasets (default: a temp dir)")
+    p.add_argument("--malloc", choices=("keep", "system"), default="keep", help="the jobs' runtime.malloc")
     a = p.parse_args()
     base = a.folder or Path(tempfile.mkdtemp(prefix="fl_stream_"))
     rows = []
@@ -103,10 +104,11 @@ def main() -> None:
         root = base / f"data_{mb}mb"
         n = _write(root, mb) if not (root / "meta.json").exists() else len(np.load(root / "labels.npy"))
         for stream in (True, False):
-            outcome, peak, secs = _run(root, stream, a.budget_mb, base / f"run_{mb}_{stream}")
+            outcome, peak, secs = _run(root, stream, a.budget_mb, base / f"run_{mb}_{stream}", a.malloc)
             rows.append((mb, n, "stream" if stream else "in memory", outcome, peak, secs))
             print(rows[-1], flush=True)
-    print(f"\nper-process budget (RLIMIT_DATA): {a.budget_mb} MB; one round, 2 clients, E=1, B=256, logreg\n")
+    print(f"\nper-process budget (RLIMIT_DATA): {a.budget_mb} MB; one round, 2 clients, E=1, B=256, logreg; "
+          f"runtime.malloc={a.malloc}\n")
     print("| dataset on disk | samples | path | outcome | peak PSS of the job | seconds |")
     print("| ---: | ---: | --- | --- | ---: | ---: |")
     for mb, n, path, outcome, peak, secs in rows:
