@@ -50,28 +50,49 @@ CODECS = {
 }
 
 
+def client_deltas(dim: int, clients: int) -> list:
+    """``clients`` fixed random updates of ``dim`` entries (float32, about 0.01 each)."""
+    import torch
+
+    return [torch.randn(dim, generator=torch.Generator().manual_seed(c)) * 0.01 for c in range(clients)]
+
+
+def aggregate_round(codec, round_idx: int, deltas: list, store) -> float:
+    """Seconds for one round's aggregation of ``deltas`` on one rank through the all-reduce
+    transport (``SumAggregator``: the pipeline, error feedback with ``store``, the shared scale,
+    encoding, the sum, decoding the sum and the server's transforms)."""
+    import time
+
+    import torch
+
+    from fl.compression.uplink import Uplink
+    from fl.runtime.comm import Comm
+    from fl.strategies import FedAvg
+    from fl.transport.plain import SumAggregator
+    from fl.types import ClientUpdate
+
+    cpu, dim = torch.device("cpu"), len(deltas[0])
+    t0 = time.perf_counter()
+    agg = SumAggregator(FedAvg(), Comm(0, 1, cpu), dim, cpu, uplink=Uplink(codec, 0, round_idx, dim, store))
+    for c, delta in enumerate(deltas):
+        agg.add(ClientUpdate(c, delta, 600, torch.tensor(1.0), 600, 19))
+    combined = agg.combine(round_idx)
+    agg.pipeline.server(combined.aggregate, combined.counters, round_idx)
+    return time.perf_counter() - t0
+
+
 def transport_costs(dim: int = 1_068_810, clients: int = 10, repeats: int = 10) -> dict[str, float]:
     """Milliseconds that one round's aggregation costs on one rank, codec by codec: ``clients``
     updates of ``dim`` entries go through the real all-reduce transport (``SumAggregator``: the
     pipeline, error feedback with its residual files, the shared scale, encoding, the sum, and
     decoding the sum), with no training around it. The difference from ``none`` is what the
     codec adds to a round, measured without the round-to-round noise of training."""
-    import time
-
-    import torch
-
     from fl.compression.codecs import Cast, NoCompression, Quantize, RandK, TopK
     from fl.runtime import allocator
-    from fl.compression.uplink import Uplink
-    from fl.runtime.comm import Comm
-    from fl.strategies import FedAvg
     from fl.training.store import ClientStore
-    from fl.transport.plain import SumAggregator
-    from fl.types import ClientUpdate
 
     allocator.configure("keep")  # as a run does (runtime.malloc's default)
-    cpu = torch.device("cpu")
-    deltas = [torch.randn(dim, generator=torch.Generator().manual_seed(c)) * 0.01 for c in range(clients)]
+    deltas = client_deltas(dim, clients)
     codecs = {"none": NoCompression(), "fp16": Cast("float16"), "4bit": Quantize(4),
               "4bit+rotation": Quantize(4, rotate=True), "topk1%+EF": TopK(0.01), "randk10%": RandK(0.1),
               "randk10%+8bit": RandK(0.1, bits=8)}
@@ -84,14 +105,9 @@ def transport_costs(dim: int = 1_068_810, clients: int = 10, repeats: int = 10) 
         warm = 1 + store.horizon + 1
         for r in range(warm + repeats):
             for name, codec in codecs.items():  # interleaved
-                t0 = time.perf_counter()
-                agg = SumAggregator(FedAvg(), Comm(0, 1, cpu), dim, cpu, uplink=Uplink(codec, 0, r, dim, store))
-                for c, delta in enumerate(deltas):
-                    agg.add(ClientUpdate(c, delta, 600, torch.tensor(1.0), 600, 19))
-                combined = agg.combine(r)
-                agg.pipeline.server(combined.aggregate, combined.counters, r)
+                seconds = aggregate_round(codec, r, deltas, store)
                 if r >= warm:
-                    out[name].append(time.perf_counter() - t0)
+                    out[name].append(seconds)
     costs = {name: statistics.median(v) * 1000 for name, v in out.items()}
     print(f"| codec | aggregation, ms per round of {clients} clients | added by the codec, ms |")
     print("| --- | --- | --- |")
@@ -107,16 +123,9 @@ def breakdown(dim: int = 1_068_810, clients: int = 10, rounds: int = 20, warm: i
     import functools
     import time
 
-    import torch
-
     from fl.compression import codecs, hadamard
-    from fl.compression.uplink import Uplink
     from fl.runtime import allocator
-    from fl.runtime.comm import Comm
-    from fl.strategies import FedAvg
     from fl.training.store import ClientStore
-    from fl.transport.plain import SumAggregator
-    from fl.types import ClientUpdate
 
     allocator.configure("keep")
     spent: dict[str, float] = {}
@@ -141,8 +150,7 @@ def breakdown(dim: int = 1_068_810, clients: int = 10, rounds: int = 20, warm: i
              (codecs, "_top_indices", "top-k selection"), (codecs.TopK, "add_decoded", "top-k: added into the sum")]
     for owner, name, label in parts:
         timed(owner, name, label)
-    cpu = torch.device("cpu")
-    deltas = [torch.randn(dim, generator=torch.Generator().manual_seed(c)) * 0.01 for c in range(clients)]
+    deltas = client_deltas(dim, clients)
     for name, codec in {"4bit+rotation": codecs.Quantize(4, rotate=True), "topk1%+EF": codecs.TopK(0.01)}.items():
         with tempfile.TemporaryDirectory() as d:
             store = ClientStore(Path(d), checkpoint_every=1, keep_checkpoints=1)
@@ -151,13 +159,7 @@ def breakdown(dim: int = 1_068_810, clients: int = 10, rounds: int = 20, warm: i
                 if r == warm:
                     spent.clear()
                     total = 0.0
-                t0 = time.perf_counter()
-                agg = SumAggregator(FedAvg(), Comm(0, 1, cpu), dim, cpu, uplink=Uplink(codec, 0, r, dim, store))
-                for c, delta in enumerate(deltas):
-                    agg.add(ClientUpdate(c, delta, 600, torch.tensor(1.0), 600, 19))
-                combined = agg.combine(r)
-                agg.pipeline.server(combined.aggregate, combined.counters, r)
-                total += time.perf_counter() - t0
+                total += aggregate_round(codec, r, deltas, store)
         n = rounds - warm
         print(f"{name}: {total / n * 1000:.1f} ms per round of {clients} clients")
         for label, seconds in spent.items():
