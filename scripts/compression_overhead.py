@@ -142,7 +142,7 @@ def breakdown(dim: int = 1_068_810, clients: int = 10, rounds: int = 20, warm: i
                 spent[label] = spent.get(label, 0.0) + time.perf_counter() - t0
         setattr(owner, name, wrapper)
 
-    parts = [(hadamard, "_blockwise", "Hadamard products (all rotations)"), (hadamard, "signs", "random signs"),
+    parts = [(hadamard, "_blockwise", "Hadamard transforms (all rotations)"), (hadamard, "signs", "random signs"),
              (codecs.Quantize, "codes", "codes"), (codecs, "_uniform16", "codes: random draws"),
              (codecs.Quantize, "local_scale", "shared scale"), (ClientStore, "load", "residual files: read"),
              (ClientStore, "save", "residual files: handed to the writer thread"),
