@@ -317,18 +317,6 @@ def test_top_k_through_a_sampled_threshold_is_the_exact_top_k(kind):
     assert torch.equal(idx[v.abs()[idx] == kth], tied[:int((v.abs()[idx] == kth).sum())]), "ties go to the lower index"
 
 
-@pytest.mark.parametrize("k", [0, 1, 5, 11, 14])
-def test_the_fast_hadamard_transform_is_the_sylvester_matrix(k):
-    n = 1 << k
-    x = torch.eye(n)[: min(n, 64)] if k > 11 else torch.eye(n)  # rows e_j: the transform gives row j of H
-    j = torch.arange(len(x))
-    i = torch.arange(n)
-    both = j[:, None] & i[None, :]
-    parity = sum((both >> b) & 1 for b in range(max(k, 1))) % 2
-    expected = (1 - 2 * parity).float() / math.sqrt(n)  # H[j, i] = (-1)^popcount(j & i)
-    torch.testing.assert_close(hadamard.fwht(x), expected, atol=1e-6, rtol=0)
-
-
 @pytest.mark.parametrize("dim", [1, 7, 16384, 40001, 300_001])
 def test_the_rotation_keeps_every_length_and_norm(dim):
     v = _vector(dim, 3)

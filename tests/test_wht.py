@@ -28,6 +28,17 @@ def test_the_transform_is_the_hadamard_matrix_times_the_identity(n, w):
     torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("k", [0, 1, 5, 11, 14])
+def test_the_plain_transform_of_a_block_of_2_k_is_the_sylvester_matrix(k):
+    n = 1 << k
+    rows = torch.eye(n)[: min(n, 64)] if k > 11 else torch.eye(n)  # e_j: the transform gives row j of H
+    j, i = torch.arange(len(rows)), torch.arange(n)
+    parity = sum(((j[:, None] & i[None, :]) >> b) & 1 for b in range(max(k, 1))) % 2
+    expected = (1 - 2 * parity).float() / math.sqrt(n)  # H[j, i] = (-1)^popcount(j & i)
+    got = wht.transform(rows.reshape(-1), [(n, 1)] * len(rows)).view(len(rows), n)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
 def test_numba_is_there_to_compile_the_cpu_kernel():
     assert wht._kernel() is not None, "numba is a dependency: without it a CPU runs the slow torch stages"
 

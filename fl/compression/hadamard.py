@@ -42,12 +42,6 @@ def interleave(block: int) -> int:
     return max(1, block // MAX_GROUP)
 
 
-def fwht(x: torch.Tensor) -> torch.Tensor:
-    """The normalised Walsh-Hadamard transform of each row of ``x`` (row length a power of two)."""
-    rows, n = x.shape
-    return wht.transform(x.reshape(-1), [(n, 1)] * rows).view(rows, n)
-
-
 def signs(seed: int, round_idx: int, length: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The round's random signs (``D``, float32 +-1); drawn once per round and rank."""
     return _signs(int(seed), int(round_idx), int(length)).to(device)
