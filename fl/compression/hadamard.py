@@ -7,7 +7,9 @@ binary expansion of the length (blocks of 2^17, then one block per remaining set
 16,384 + 4,096 + 1,024 + 256 + 64 + 16), so nothing is padded and a rotated vector is exactly as
 long as the vector. A block of up to 2^14 entries is mixed as a whole (``H_b``); a larger block
 of ``b = 2^14 w`` entries as ``w`` interleaved groups of 2^14 (``H_{2^14} (x) I_w``: entry ``i``
-with the entries ``i + k w``), which mixes as much and costs a CPU a third as much as ``H_b``.
+with the entries ``i + k w``): as much mixing, and every butterfly stage of the transform then
+adds runs of ``w`` neighbouring floats (eight in a block of 2^17), which a CPU does with vector
+instructions.
 The rotation is orthonormal and linear, so the sum of rotated vectors is the rotated sum: a
 cohort can quantize in the rotated space, add up, and rotate the sum back once. An outlier
 coordinate is spread over its group, so a shared quantization scale (the largest entry) is
