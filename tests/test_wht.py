@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -41,6 +43,13 @@ def test_the_plain_transform_of_a_block_of_2_k_is_the_sylvester_matrix(k):
 
 def test_numba_is_there_to_compile_the_cpu_kernel():
     assert wht._kernel() is not None, "numba is a dependency: without it a CPU runs the slow torch stages"
+
+
+def test_without_numba_the_torch_stages_run_and_it_is_said(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba raises ImportError
+    with caplog.at_level(logging.WARNING, logger="fl"):
+        assert wht._kernel.__wrapped__() is None
+    assert "numba is not installed" in caplog.text
 
 
 MIXED = [(1 << 17, 8)] * 3 + [(1 << 16, 4), (1 << 15, 2), (16384, 1), (64, 1), (8, 8), (2, 1), (1, 1)]

@@ -25,12 +25,15 @@ same bits: a result does not depend on the device that computed it.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def transform(x: torch.Tensor, blocks: list[tuple[int, int]], pre: torch.Tensor | None = None,
@@ -116,10 +119,12 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 @functools.cache
 def _kernel():
-    """The compiled kernel, or ``None`` when numba is not installed."""
+    """The compiled kernel, or ``None`` (said once) when numba is not installed."""
     try:
         from numba import njit
     except ImportError:
+        log.warning("numba is not installed: the Hadamard rotation runs as torch operations on the CPU "
+                    "(the same results, slower); pip install numba")
         return None
 
     @njit(nogil=True, cache=True, boundscheck=False)
