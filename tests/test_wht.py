@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fl.compression import hadamard, wht
+from fl.runtime import native
 
 
 def _sylvester(m: int) -> torch.Tensor:
@@ -48,8 +49,10 @@ def test_numba_is_there_to_compile_the_cpu_kernel():
 def test_without_numba_the_torch_stages_run_and_it_is_said(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "numba", None)  # import numba raises ImportError
     with caplog.at_level(logging.WARNING, logger="fl"):
-        assert wht._kernel.__wrapped__() is None
+        assert native.jit.__wrapped__() is None
     assert "numba is not installed" in caplog.text
+    monkeypatch.setattr(native, "jit", lambda: None)
+    assert wht._kernel.__wrapped__() is None
 
 
 MIXED = [(1 << 17, 8)] * 3 + [(1 << 16, 4), (1 << 15, 2), (16384, 1), (64, 1), (8, 8), (2, 1), (1, 1)]

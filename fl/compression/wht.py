@@ -18,22 +18,20 @@ same bits: a result does not depend on the device that computed it.
   through all its stages while it is in cache, two stages per pass over it, with ``pre`` folded
   into the first pass and the scale and ``post`` into the last. With ``w = 8`` every stage adds
   runs of eight float32 entries, which the compiler turns into vector instructions. The blocks
-  are shared between ``torch.get_num_threads()`` threads (the kernel releases the GIL).
+  are shared between ``torch.get_num_threads()`` threads (the kernel releases the GIL;
+  :mod:`fl.runtime.native`).
 * Elsewhere (an accelerator, or no numba), torch does one operation per stage.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
-log = logging.getLogger(__name__)
+from fl.runtime import native
 
 
 def transform(x: torch.Tensor, blocks: list[tuple[int, int]], pre: torch.Tensor | None = None,
@@ -59,11 +57,9 @@ def transform(x: torch.Tensor, blocks: list[tuple[int, int]], pre: torch.Tensor 
         lo, hi = starts[first], starts[last]
         table = np.array([(starts[i] - lo, n, w) for i, (n, w) in enumerate(blocks[first:last], first)], dtype=np.int64)
         scales = np.array([1 / math.sqrt(n // w) for n, w in blocks[first:last]], dtype=np.float32)
-        jobs.append((*(a[lo:hi] for a in arrays), out.numpy()[lo:hi], table, scales, pre is not None, post is not None))
-    waits = [_pool(len(jobs) - 1).submit(_call, kernel, job) for job in jobs[1:]] if len(jobs) > 1 else []
-    _call(kernel, jobs[0])
-    for wait in waits:
-        wait.result()
+        src, p, q = (a[lo:hi] for a in arrays)
+        jobs.append((src, out.numpy()[lo:hi], p, q, table, scales, pre is not None, post is not None))
+    native.run_shares(kernel, jobs)
     return out
 
 
@@ -75,11 +71,6 @@ def _shares(starts: np.ndarray, threads: int) -> list[tuple[int, int]]:
     cuts = sorted({int(np.abs(starts - total * k / threads).argmin()) for k in range(1, threads)} - {0, count})
     bounds = [0, *cuts, count]
     return list(zip(bounds[:-1], bounds[1:]))
-
-
-def _call(kernel, job: tuple) -> None:
-    x, pre, post, out, table, scales, use_pre, use_post = job
-    kernel(x, out, pre, post, table, scales, use_pre, use_post)
 
 
 def _stages(x: torch.Tensor, blocks: list[tuple[int, int]], pre: torch.Tensor | None,
@@ -106,28 +97,14 @@ def _stages(x: torch.Tensor, blocks: list[tuple[int, int]], pre: torch.Tensor | 
     return y * post if post is not None else y
 
 
-_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """This process's helper threads (a forked child gets threads of its own)."""
-    key = (os.getpid(), workers)
-    if key not in _pools:
-        _pools[key] = ThreadPoolExecutor(workers, thread_name_prefix="fl-wht")
-    return _pools[key]
-
-
 @functools.cache
 def _kernel():
-    """The compiled kernel, or ``None`` (said once) when numba is not installed."""
-    try:
-        from numba import njit
-    except ImportError:
-        log.warning("numba is not installed: the Hadamard rotation runs as torch operations on the CPU "
-                    "(the same results, slower); pip install numba")
+    """The compiled kernel, or ``None`` when numba is not installed."""
+    jit = native.jit()
+    if jit is None:
         return None
 
-    @njit(nogil=True, cache=True, boundscheck=False)
+    @jit
     def butterflies(x, out, pre, post, table, scales, use_pre, use_post):  # pragma: no cover (compiled)
         for k in range(len(table)):
             start, n, w = table[k, 0], table[k, 1], table[k, 2]
