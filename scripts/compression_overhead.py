@@ -143,7 +143,7 @@ def breakdown(dim: int = 1_068_810, clients: int = 10, rounds: int = 20, warm: i
         setattr(owner, name, wrapper)
 
     parts = [(hadamard, "_blockwise", "Hadamard transforms (all rotations)"), (hadamard, "signs", "random signs"),
-             (codecs.Quantize, "codes", "codes"), (codecs, "_uniform16", "codes: random draws"),
+             (codecs.Quantize, "add_codes", "codes (drawn, rounded and added up in one pass)"),
              (codecs.Quantize, "local_scale", "shared scale"), (ClientStore, "load", "residual files: read"),
              (ClientStore, "save", "residual files: handed to the writer thread"),
              (ClientStore, "flush", "residual files: waiting for the writer thread"),

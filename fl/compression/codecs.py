@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fl.compression import hadamard
+from fl.compression import hadamard, rounding
 from fl.errors import ConfigError
 from fl.runtime.seeding import derive_seed, generator
 
@@ -189,28 +189,35 @@ class Quantize(Codec):
     def codes(self, x: torch.Tensor, key: Key, scale: float) -> torch.Tensor:
         """Integer codes of ``x`` (float32, exact integers): ``x ~ -scale + step * code``, unbiased.
 
-        Stochastic rounding as ``floor(t + u)``, ``t = (x + scale) / step`` and ``u`` uniform on
-        the 2^16 midpoints ``(k + 1/2) / 2^16``: it rounds up with probability equal to the
-        fractional part of ``t`` to within 2^-17 (float32 ``t`` itself carries only 16 fractional
-        bits at 8 bits), in five passes over the draw and one over the vector (:func:`_uniform16`).
-        Entries beyond ``[-scale, scale]`` get the end codes, as if clamped first.
+        Stochastic rounding of ``x / step + levels / 2`` (:mod:`fl.compression.rounding`: one
+        pass on a CPU, with noise drawn from the message's own key): rounded up with probability
+        equal to its fractional part, to within 2^-16. Entries beyond ``[-scale, scale]`` get the
+        end codes, as if clamped first.
         """
         if scale <= 0:
             return torch.zeros(len(x), dtype=torch.float32, device=x.device)
-        step = self.step(scale)
-        t = _uniform16(len(x), key, x.device).to(torch.float32).mul_(2.0 ** -16).add_(scale / step + 2.0 ** -17)
-        return t.add_(x.float(), alpha=1 / step).floor_().clamp_(0, self.levels)
+        return rounding.codes(x, _noise_key(key), self.levels / (2 * scale), self.levels / 2, self.levels)
+
+    def add_codes(self, out: torch.Tensor, x: torch.Tensor, key: Key, scale: float, weight: float) -> None:
+        """``out += weight * codes(x, key, scale)``, without a vector of codes where it can (a float32
+        ``out`` on a CPU: the products and sums must then be exact integers below 2^24)."""
+        if scale <= 0:
+            return
+        rounding.add_codes(out, x, _noise_key(key), self.levels / (2 * scale), self.levels / 2, self.levels, weight)
 
     def message_bytes(self, dim: int) -> int:
         """The packed codes and the float32 scale."""
         return -(-dim * self.bits // 8) + 4
 
-    def dequantize(self, code_sum: torch.Tensor, count: float, scale: float) -> torch.Tensor:
+    def dequantize(self, code_sum: torch.Tensor, count: float, scale: float, in_place: bool = False) -> torch.Tensor:
         """The sum of ``count`` decoded vectors from the sum of their codes (weights: ``count`` is
-        the sum of the weights and ``code_sum`` the weighted sum of codes)."""
+        the sum of the weights and ``code_sum`` the weighted sum of codes). ``in_place``: in
+        ``code_sum``'s own memory (float64), which is returned."""
         if scale <= 0:
-            return torch.zeros_like(code_sum, dtype=torch.float32)
-        return code_sum.double() * self.step(scale) - scale * count
+            return code_sum.zero_() if in_place else torch.zeros_like(code_sum, dtype=torch.float32)
+        if in_place:
+            return code_sum.mul_(self.step(scale)).sub_(scale * count)
+        return (code_sum.double() * self.step(scale)).sub_(scale * count)
 
     def encode(self, x: torch.Tensor, key: Key, scale: float = 0.0) -> Encoded:
         codes = self.codes(x, key, scale).to(torch.uint8)
@@ -415,17 +422,9 @@ def _above(a: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.flatnonzero(a.numpy() >= threshold.item()))
 
 
-def _uniform16(n: int, key: Key, device: torch.device | str) -> torch.Tensor:
-    """``n`` integers uniform on 0 .. 2^16 - 1 from the message's own stream: on a CPU, four per
-    raw 64-bit draw of numpy's PCG64 (about a seventh of the time of ``torch.rand``); on an
-    accelerator, drawn there with torch's generator for that device."""
-    seed = derive_seed(key.seed, "quantize", key.round_idx, key.client)
-    if torch.device(device).type != "cpu":
-        g = torch.Generator(device=device)
-        g.manual_seed(seed)
-        return torch.randint(0, 1 << 16, (n,), generator=g, device=device, dtype=torch.int32)
-    raw = np.random.Generator(np.random.PCG64(seed)).bit_generator.random_raw(-(-n // 4))
-    return torch.from_numpy(raw.astype("<u8", copy=False).view("<u2")[:n])
+def _noise_key(key: Key) -> int:
+    """The 64-bit key of a message's stochastic rounding."""
+    return derive_seed(key.seed, "quantize", key.round_idx, key.client)
 
 
 @functools.lru_cache(maxsize=2)

@@ -73,11 +73,11 @@ class Uplink:
         enc = self.codec.encode(x[:self.head], self.key(cid), scale)
         return enc, enc.nbytes + 4 * (len(x) - self.head)
 
-    def codes(self, cid: int, x: torch.Tensor, scale: float) -> tuple[torch.Tensor, int]:
-        """Step 3 for a quantizer, without building the message: the head's integer codes (float32)
-        and the bytes of the whole vector's message."""
-        codes = self.codec.codes(x[:self.head], self.key(cid), scale)  # type: ignore[attr-defined]
-        return codes, self.codec.message_bytes(self.head) + 4 * (len(x) - self.head)  # type: ignore[attr-defined]
+    def add_codes(self, cid: int, x: torch.Tensor, scale: float, out: torch.Tensor, weight: float) -> int:
+        """Step 3 for a quantizer, without building the message: ``out += weight *`` the head's
+        integer codes; returns the bytes of the whole vector's message."""
+        self.codec.add_codes(out, x[:self.head], self.key(cid), scale, weight)  # type: ignore[attr-defined]
+        return self.codec.message_bytes(self.head) + 4 * (len(x) - self.head)  # type: ignore[attr-defined]
 
     def transmit(self, cid: int, x: torch.Tensor, scale: float = 0.0) -> tuple[Encoded, int]:
         """Steps 3-4 without decoding: the head's message and the whole vector's bytes; the

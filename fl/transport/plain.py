@@ -170,8 +170,7 @@ class SumAggregator(Aggregator):
         exact32 = all(w == round(w) for w in weights) and sum(abs(w) for w in weights) * levels < 2 ** 24
         local = torch.zeros(head, device=self.device) if exact32 and len(self.pending) > 1 else self.buf[:head]
         for (cid, x, counters), weight in zip(self.pending, weights):
-            codes, nbytes = self.uplink.codes(cid, x, scale)
-            local.add_(codes, alpha=weight)  # codes and the float tail added in place: no copy of the vector
+            nbytes = self.uplink.add_codes(cid, x, scale, local, weight)  # codes added as they are drawn
             self.buf[head:self.vdim].add_(x[head:].to(self.dtype), alpha=weight)
             self._count(counters.replace(uplink_bytes=float(nbytes + self.header_bytes)))
         if local.dtype != self.dtype:
@@ -195,9 +194,8 @@ class SumAggregator(Aggregator):
         nbytes = total.numel() * total.element_size() * self.comm.world_size
         counters = Counters.decode(total[self.vdim:])
         summed, head = total[:self.vdim], self.uplink.head
-        if self.codes:  # the weighted sum of decoded vectors, from the weighted sum of codes
-            summed = torch.cat([self.uplink.codec.dequantize(summed[:head], counters.weight,  # type: ignore[attr-defined]
-                                                             self.scale), summed[head:]])
+        if self.codes:  # the weighted sum of decoded vectors, from the weighted sum of codes (in place)
+            self.uplink.codec.dequantize(summed[:head], counters.weight, self.scale, in_place=True)  # type: ignore[attr-defined]
         return Combined(summed.to(torch.float32), counters, nbytes, summed=True)
 
 
