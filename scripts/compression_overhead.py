@@ -123,7 +123,7 @@ def breakdown(dim: int = 1_068_810, clients: int = 10, rounds: int = 20, warm: i
     import functools
     import time
 
-    from fl.compression import codecs, hadamard
+    from fl.compression import codecs, hadamard, topk
     from fl.runtime import allocator
     from fl.training.store import ClientStore
 
@@ -147,7 +147,7 @@ def breakdown(dim: int = 1_068_810, clients: int = 10, rounds: int = 20, warm: i
              (codecs.Quantize, "local_scale", "shared scale"), (ClientStore, "load", "residual files: read"),
              (ClientStore, "save", "residual files: handed to the writer thread"),
              (ClientStore, "flush", "residual files: waiting for the writer thread"),
-             (codecs, "_top_indices", "top-k selection"), (codecs.TopK, "add_decoded", "top-k: added into the sum")]
+             (topk, "top_indices", "top-k selection"), (codecs.TopK, "add_decoded", "top-k: added into the sum")]
     for owner, name, label in parts:
         timed(owner, name, label)
     deltas = client_deltas(dim, clients)

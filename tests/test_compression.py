@@ -10,7 +10,8 @@ import torch
 
 from conftest import fork_ranks, make_cfg, run_job
 from fl.compression import hadamard
-from fl.compression.codecs import Cast, Key, NoCompression, Quantize, RandK, TopK, _top_indices
+from fl.compression.codecs import Cast, Key, NoCompression, Quantize, RandK, TopK
+from fl.compression.topk import top_indices
 from fl.compression.uplink import Uplink
 from fl.config.build import prepare
 from fl.errors import ConfigError
@@ -308,7 +309,7 @@ def test_top_k_through_a_sampled_threshold_is_the_exact_top_k(kind):
         v = torch.arange(n, dtype=torch.float32)
     elif kind == "one layer large":
         v[150_000:151_000] *= 100.0  # the strided sample sees only 1 in 31 of them
-    idx = _top_indices(v.abs(), k)
+    idx = top_indices(v.abs(), k)
     assert len(idx) == k and len(idx.unique()) == k and torch.equal(idx, idx.sort().values)
     expected = v.abs().topk(k).values.sort().values
     assert torch.equal(v.abs()[idx].sort().values, expected), "the k largest magnitudes, ties aside"
