@@ -309,13 +309,29 @@ def test_top_k_through_a_sampled_threshold_is_the_exact_top_k(kind):
         v = torch.arange(n, dtype=torch.float32)
     elif kind == "one layer large":
         v[150_000:151_000] *= 100.0  # the strided sample sees only 1 in 31 of them
-    idx = top_indices(v.abs(), k)
+    idx = top_indices(v, k)
     assert len(idx) == k and len(idx.unique()) == k and torch.equal(idx, idx.sort().values)
     expected = v.abs().topk(k).values.sort().values
     assert torch.equal(v.abs()[idx].sort().values, expected), "the k largest magnitudes, ties aside"
     kth = expected[0]
     tied = (v.abs() == kth).nonzero().squeeze(1)
     assert torch.equal(idx[v.abs()[idx] == kth], tied[:int((v.abs()[idx] == kth).sum())]), "ties go to the lower index"
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_compiled_candidate_scan_finds_what_torch_finds(threads):
+    from fl.compression import topk
+
+    v = torch.randn(100_003, generator=torch.Generator().manual_seed(threads))
+    v[:10] = torch.tensor([3.0, -3.0, 2.5, -2.5, float("nan"), 0.0, 4.0, -4.0, 3.0, 3.0])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for threshold in [0.0, 1.0, 2.5, 3.0, 10.0]:
+            expected = (v.abs() >= threshold).nonzero().squeeze(1)
+            assert torch.equal(topk._at_least(v, threshold), expected)
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("dim", [1, 7, 16384, 40001, 300_001])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fl.compression import hadamard, rounding, wht
+from fl.compression import hadamard, rounding, topk, wht
 from fl.runtime import native
 
 
@@ -53,6 +53,7 @@ def test_without_numba_the_torch_stages_run_and_it_is_said(monkeypatch, caplog):
     assert "numba is not installed" in caplog.text
     monkeypatch.setattr(native, "jit", lambda: None)
     assert wht._kernel.__wrapped__() is None and rounding._kernel.__wrapped__() is None
+    assert topk._kernel.__wrapped__() is None
 
 
 MIXED = [(1 << 17, 8)] * 3 + [(1 << 16, 4), (1 << 15, 2), (16384, 1), (64, 1), (8, 8), (2, 1), (1, 1)]

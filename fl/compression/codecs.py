@@ -256,7 +256,7 @@ class TopK(Codec):
 
     def encode(self, x: torch.Tensor, key: Key, scale: float = 0.0) -> Encoded:
         k = self.k(len(x))
-        idx = topk.top_indices(x.abs(), k)
+        idx = topk.top_indices(x, k)
         values = x[idx].float()
         return Encoded({"indices": idx.to(torch.int32), "values": values}, len(x),
                        4 + 4 * k + min(4 * k, -(-len(x) // 8)))
