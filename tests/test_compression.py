@@ -296,6 +296,30 @@ def test_compressed_runs_are_world_size_invariant_and_resume_exactly(tmp_path, c
     assert final["test_accuracy"] > accuracy, "a compressed run still learns (chance: 0.1)"
 
 
+def test_residuals_held_in_memory_are_written_at_checkpoints_and_resume_exactly(tmp_path):
+    from fl.training.cohort import sample_cohort
+
+    codec = ("compression/uplink=topk", "compression.uplink.fraction=0.05", "fl.checkpoint_every=2")
+    files, _, _ = _final(tmp_path, "files", 1, "fl.rounds=5", "fl.residual_memory_mb=0", *codec)
+    full, _, run_dir = _final(tmp_path, "full", 1, "fl.rounds=5", *codec)
+    _final(tmp_path, "resumed", 1, "fl.rounds=3", *codec)  # checkpoints after rounds 2 and 3
+    resumed, second, _ = _final(tmp_path, "resumed", 1, "fl.rounds=5", *codec)
+    assert second["resumed_from_round"] == 3
+    for k in full:
+        assert torch.equal(full[k], files[k]), f"{k}: residuals in memory or in files, the same run"
+        assert torch.equal(full[k], resumed[k]), f"{k}: resumed from residuals written at a checkpoint"
+    # on disk: only what was each client's newest residual when a checkpoint was written (after rounds 2, 4, 5)
+    cohorts = [sample_cohort(0, r, 10, 5) for r in range(5)]
+    assert len(list((run_dir / "client_residuals").glob("*/round_*.bin"))) >= len(set().union(*cohorts[:4]))
+    for folder in (run_dir / "client_residuals").iterdir():
+        cid = int(folder.name)
+        for path in folder.glob("round_*.bin"):
+            v = int(path.name[6:12])
+            sampled_until = [r for r in range(v, 5) if cid in cohorts[r]]
+            boundary = next(b for b in (2, 4, 5) if b > v)
+            assert sampled_until[0] == v and (len(sampled_until) == 1 or sampled_until[1] >= boundary), (cid, v)
+
+
 @pytest.mark.parametrize("kind", ["normal", "mostly zero", "all equal", "increasing", "one layer large"])
 def test_top_k_through_a_sampled_threshold_is_the_exact_top_k(kind):
     n, k = 200_000, 2_000  # k >= 128: the sampled-threshold path

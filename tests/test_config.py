@@ -28,6 +28,7 @@ from fl.errors import ConfigError
     (["partition=shards", "partition.shards_per_client=0"], 1, r"partition.shards_per_client=0 is invalid"),
     (["data=synthetic", "data.shape=[1,8]"], 1, r"data.shape=\[1, 8\] is invalid"),
     (["fl.eval_clients=0"], 1, r"fl.eval_clients=0 is invalid"),
+    (["fl.residual_memory_mb=-1"], 1, r"fl.residual_memory_mb=-1 is invalid: must be a number of megabytes >= 0"),
     (["fl.local_epochs=2", "fl.local_epochs_max=1"], 1, r"fl.local_epochs_max=1 is invalid: must be an integer >= 2"),
     (["data=folder", "data.root='/x/{client}'", "data.channels=2"], 1, r"data.channels=2 is invalid: must be one of 1, 3"),
 ])

@@ -86,3 +86,44 @@ def test_versions_past_the_horizon_are_written_over_and_read_back_exactly(tmp_pa
     write_state(fresh, {"c": torch.full((10,), 8.0), "round": 8})
     assert (tmp_path / "3" / "round_000008.bin").stat().st_size == fresh.stat().st_size
     assert not list(tmp_path.glob("3/*.tmp*"))
+
+
+def _versions(folder, cid):
+    return sorted(int(p.name[6:12]) for p in (folder / str(cid)).glob("round_*.bin")) if (folder / str(cid)).is_dir() else []
+
+
+def test_held_states_are_written_only_by_write_back_and_a_crash_resumes_from_it(tmp_path):
+    store = ClientStore(tmp_path, checkpoint_every=2, keep_checkpoints=1, memory_mb=1)
+    store.save(3, 0, {"r": torch.full((4,), 1.0)}, wait=False)
+    assert _versions(tmp_path, 3) == [], "held in memory: no file"
+    got = store.load(3, 1, CPU)["r"]
+    assert torch.equal(got, torch.full((4,), 1.0))
+    store.save(3, 1, {"r": got.add_(1.0)}, wait=False)  # the loaded state is the caller's to change
+    store.write_back()  # a checkpoint after round 1 (0-based): the newest state goes to disk
+    assert _versions(tmp_path, 3) == [1]
+    store.save(3, 2, {"r": store.load(3, 2, CPU)["r"].add_(1.0)}, wait=False)
+    assert _versions(tmp_path, 3) == [1], "between checkpoints nothing is written"
+    assert torch.equal(store.load(3, 3, CPU)["r"], torch.full((4,), 3.0)), "the held state of round 2"
+    crashed = ClientStore(tmp_path, checkpoint_every=2, keep_checkpoints=1, memory_mb=1)
+    assert torch.equal(crashed.load(3, 2, CPU)["r"], torch.full((4,), 2.0)), "resumed at round 2: the written state"
+    assert crashed.load(5, 2, CPU) is None
+
+
+def test_beyond_its_memory_the_store_writes_the_oldest_states_and_reads_them_back(tmp_path):
+    store = ClientStore(tmp_path, checkpoint_every=1, keep_checkpoints=1, memory_mb=3 * 4096 / 2 ** 20)  # 3 states
+    for cid in range(5):
+        store.save(cid, 0, {"r": torch.full((1024,), float(cid))}, wait=False)
+    store.flush()
+    assert [_versions(tmp_path, cid) for cid in range(5)] == [[0], [0], [], [], []], "the two oldest spilled"
+    for cid in range(5):
+        assert torch.equal(store.load(cid, 1, CPU)["r"], torch.full((1024,), float(cid)))
+    assert store.load(4, 1, CPU) is None, "a held state is handed over once: the next one is saved"
+
+
+def test_a_held_state_is_not_read_by_its_own_round(tmp_path):
+    store = ClientStore(tmp_path, checkpoint_every=1, keep_checkpoints=1, memory_mb=1)
+    store.save(2, 0, {"r": torch.zeros(3)})
+    store.write_back()
+    store.save(2, 1, {"r": torch.ones(3)})
+    assert torch.equal(store.load(2, 1, CPU)["r"], torch.zeros(3)), "round 1 reads what was written before it"
+    assert torch.equal(store.load(2, 2, CPU)["r"], torch.ones(3)), "and the held state is still there"

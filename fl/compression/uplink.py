@@ -10,9 +10,11 @@ For a client ``c`` of round ``r`` with update ``v`` (clipped first under DP):
    ranks, so a rank holds its clients' vectors until every client of the round has trained);
 4. what the server decodes is what is aggregated; ``e_c <- u - decoded`` is saved for ``c`` in
    a :class:`~fl.training.store.ClientStore` of its own, which is crash-consistent: a resumed
-   round reads the residuals written before it, so resuming stays exact. The file is written by
-   the store's writer thread while the rank goes on with its next clients; :meth:`Uplink.flush`
-   (the transports call it before the round's collective) waits for it.
+   round reads the residuals written before it, so resuming stays exact. Where only this rank
+   ever hosts ``c`` (one rank, or per-site data) the residual stays in memory and is written when
+   a checkpoint is (``fl.residual_memory_mb``); otherwise its file is written by the store's
+   writer thread while the rank goes on with its next clients, and :meth:`Uplink.flush` (the
+   transports call it before the round's collective) waits for it.
 
 The message's exact byte count (:attr:`fl.compression.codecs.Encoded.nbytes`) plus the
 counters' header is what the client sends; the round's ``uplink_bytes`` sums it over clients.

@@ -100,6 +100,7 @@ def validate(cfg: DictConfig, world_size: int, rank: int = 0) -> None:
         raise ConfigError("fl.client_batch", batch, "must be auto, off or a number of clients >= 1 per chunk")
     _number(cfg, "fl.client_batch_memory_mb", 0, low_open=True, allowed="must be a number of megabytes > 0")
     _int(cfg, "fl.checkpoint_every", 0)
+    _number(cfg, "fl.residual_memory_mb", 0, allowed="must be a number of megabytes >= 0 (0: a file per client and round)")
     _int(cfg, "fl.keep_checkpoints", 1)
     hf = cfg.fl.holdout_fraction
     if not (isinstance(hf, (int, float)) and 0 <= hf < 1):

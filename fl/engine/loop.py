@@ -195,8 +195,12 @@ class Rounds:
         self.store = ClientStore(run_dir / "client_state", int(cfg.fl.checkpoint_every), int(cfg.fl.keep_checkpoints))
         self.uplink_codec = build_codec(cfg, "uplink")
         self.downlink = Downlink(build_codec(cfg, "downlink"), int(cfg.seed))
+        # Residuals stay in memory between checkpoints where only this rank ever hosts the client
+        # (one rank, or per-site data); otherwise the rank that hosts it next reads its file.
+        stays = comm.world_size == 1 or fed.per_site
         self.residuals = ClientStore(run_dir / "client_residuals", int(cfg.fl.checkpoint_every),
-                                     int(cfg.fl.keep_checkpoints)) if self.uplink_codec.keeps_residual else None
+                                     int(cfg.fl.keep_checkpoints), float(cfg.fl.residual_memory_mb) if stays else 0.0
+                                     ) if self.uplink_codec.keeps_residual else None
         self.resume = Resume(0)
         self.target = stop_target.of(cfg)
         self.global_flat = fm.flat.detach().clone()
@@ -496,6 +500,10 @@ class Rounds:
         return personalize
 
     def _checkpoint(self, round_num: int, global_flat: torch.Tensor) -> None:
+        """Collective: every rank writes the residuals it holds in memory, then rank 0 the checkpoint."""
+        if self.residuals is not None and self.residuals.memory:
+            self.residuals.write_back()
+            self.comm.barrier()
         if self.comm.is_main:
             checkpoint.save(self.ckpt_dir, round_num, {
                 "round": round_num, "global": global_flat.detach().cpu(), "strategy": self.strategy.state_dict(),

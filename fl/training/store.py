@@ -27,6 +27,13 @@ Crash consistency: a client reads the newest version written *before* the curren
 After resuming from the checkpoint taken when round R was done, round R (0-based) reads
 versions < R only, so files a crashed attempt wrote in rounds >= R are never used (and are
 rewritten, identically, when those rounds run again).
+
+Held in memory (``memory_mb > 0``, for clients that only this rank ever hosts): a saved state
+stays in memory, without a file, until :meth:`write_back` writes every state not yet on disk,
+which every rank does before a checkpoint is written. Between checkpoints nothing is written or
+read, and a checkpoint still finds each client's newest state on disk; a crash loses only
+states newer than the last checkpoint, which a resumed run recomputes. States beyond
+``memory_mb`` are written and dropped, oldest first.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import os
 import re
 import struct
 import sys
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -49,12 +57,15 @@ _DTYPES = {str(d).removeprefix("torch."): d for d in (
 
 
 class ClientStore:
-    def __init__(self, folder: Path, checkpoint_every: int, keep_checkpoints: int) -> None:
+    def __init__(self, folder: Path, checkpoint_every: int, keep_checkpoints: int, memory_mb: float = 0.0) -> None:
         self.folder = folder
         # versions that a kept checkpoint may still need when a run resumes from it
         self.horizon = (keep_checkpoints + 1) * checkpoint_every
         self._writer: ThreadPoolExecutor | None = None
         self._pending: list[tuple[int, Future]] = []  # (client, its write on the writer thread)
+        self.memory = int(memory_mb * 2 ** 20)  # bytes of states held in memory (0: every save is a file)
+        self._held: OrderedDict[int, tuple[int, dict, bool]] = OrderedDict()  # client -> (round, state, on disk)
+        self._held_bytes = 0
 
     def _files(self, cid: int) -> dict[int, Path]:
         """The client's files by the round that wrote them."""
@@ -68,7 +79,15 @@ class ClientStore:
 
     def load(self, cid: int, before_round: int, device: torch.device) -> dict | None:
         """The client's newest state written in a round ``< before_round``, or ``None`` (after the
-        client's own writes on the writer thread are done; other clients' writes go on)."""
+        client's own writes on the writer thread are done; other clients' writes go on). A state
+        held in memory is handed over, not copied: the caller may change it, and saves the client's
+        next state."""
+        held = self._release(cid)
+        if held is not None:
+            if held[0] < before_round:
+                return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in held[1].items()}
+            self._held[cid] = held  # not older than the round: stays, and the files answer
+            self._held_bytes += _nbytes(held[1])
         self._wait_for(cid)
         files = self._files(cid)
         older = [v for v in sorted(files) if v < before_round]
@@ -81,14 +100,45 @@ class ClientStore:
 
     def save(self, cid: int, round_idx: int, state: dict, wait: bool = True) -> None:
         """Write the client's state produced in ``round_idx`` atomically; prune old versions.
-        ``wait=False``: on the writer thread (the caller must not change ``state``'s tensors)."""
+        ``wait=False``: on the writer thread (the caller must not change ``state``'s tensors). With
+        ``memory_mb``: held in memory instead (module docstring); the caller must not change them either."""
         state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+        self._release(cid)  # a newer state replaces a held one
+        if self.memory:
+            self._held[cid] = (round_idx, state, False)
+            self._held_bytes += _nbytes(state)
+            while self._held_bytes > self.memory:  # the oldest go to disk and out of memory
+                old = next(iter(self._held))
+                old_round, old_state, on_disk = self._release(old)  # type: ignore[misc]
+                if not on_disk:
+                    self._submit(old, old_round, old_state)
+            return
         if wait:
             self._wait_for(cid)  # the client's versions are written in order
             return self._write(cid, round_idx, state)
+        self._submit(cid, round_idx, state)
+
+    def write_back(self) -> None:
+        """Write every state held in memory that is not on disk yet, and wait until every write is
+        done: each rank calls it before a checkpoint is written. The states stay in memory."""
+        for cid, (round_idx, state, on_disk) in list(self._held.items()):
+            if not on_disk:
+                self._submit(cid, round_idx, state)
+                self._held[cid] = (round_idx, state, True)
+        self.flush()
+
+    def _submit(self, cid: int, round_idx: int, state: dict) -> None:
+        """Write on the writer thread."""
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="fl-client-store")
         self._pending.append((cid, self._writer.submit(self._write, cid, round_idx, state)))
+
+    def _release(self, cid: int) -> tuple[int, dict, bool] | None:
+        """The client's state held in memory, taken out of it (``None`` if none is)."""
+        held = self._held.pop(cid, None)
+        if held is not None:
+            self._held_bytes -= _nbytes(held[1])
+        return held
 
     def _wait_for(self, cid: int) -> None:
         """Wait for the client's own writes on the writer thread (re-raises their error)."""
@@ -115,6 +165,10 @@ class ClientStore:
         os.replace(tmp, path)
         for old in stale:
             old.unlink(missing_ok=True)
+
+
+def _nbytes(state: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
 
 
 def write_state(path: Path, state: dict) -> None:
