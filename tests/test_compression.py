@@ -320,6 +320,31 @@ def test_residuals_held_in_memory_are_written_at_checkpoints_and_resume_exactly(
             assert sampled_until[0] == v and (len(sampled_until) == 1 or sampled_until[1] >= boundary), (cid, v)
 
 
+def test_per_site_ranks_hold_their_residuals_and_write_them_at_checkpoints(tmp_path):
+    from test_tabular import _diabetes_sites
+
+    root, _, _ = _diabetes_sites(tmp_path)
+    base = ("data=csv", f"data.root='{root}'", "data.target=progression", "data.task=regression", "fl.num_clients=3",
+            "model=logreg", "optim.lr=0.05", "fl.eval_every=1", "compression/uplink=topk",
+            "compression.uplink.fraction=0.2", "fl.checkpoint_every=2")
+
+    def final(name, *overrides):
+        run_dir = tmp_path / name
+        summaries = fork_ranks(3, run_job, tmp_path, make_cfg(*base, *overrides), run_dir)  # a clinic a rank
+        return torch.load(run_dir / "final_model.pt", weights_only=True), summaries[0], run_dir
+
+    files, _, _ = final("files", "fl.rounds=5", "fl.residual_memory_mb=0")
+    held, _, run_dir = final("held", "fl.rounds=5")
+    final("resumed", "fl.rounds=3")
+    resumed, second, _ = final("resumed", "fl.rounds=5")
+    assert second["resumed_from_round"] == 3
+    for k in files:
+        assert torch.equal(held[k], files[k]), f"{k}: residuals held by their ranks or in files, the same run"
+        assert torch.equal(held[k], resumed[k]), f"{k}: resumed from the residuals the ranks wrote at a checkpoint"
+    versions = sorted(int(p.name[6:12]) for p in (run_dir / "client_residuals").glob("*/round_*.bin"))
+    assert versions == [1, 1, 1, 3, 3, 3, 4, 4, 4], "each clinic's residual, written only when a checkpoint was"
+
+
 @pytest.mark.parametrize("kind", ["normal", "mostly zero", "all equal", "increasing", "one layer large"])
 def test_top_k_through_a_sampled_threshold_is_the_exact_top_k(kind):
     n, k = 200_000, 2_000  # k >= 128: the sampled-threshold path
