@@ -10,9 +10,10 @@ and the median over repeats of each run's median round time is compared with no 
     python scripts/compression_overhead.py --breakdown    # where the aggregation's time goes
 
 First prints what one round's aggregation costs per codec (10 client vectors of 1,068,810 entries
-through the real all-reduce transport, no training), then the round times (each run: the median
-of its rounds after the first), and the aggregation cost each codec adds as a share of an
-uncompressed round.
+through the real all-reduce transport, no training; the mean of 20 rounds, four of which end
+with a checkpoint's write-back of error-feedback residuals), then the round times (each run: its
+wall time after the first round, checkpoints every 5 rounds included, per round), and the
+aggregation cost each codec adds as a share of an uncompressed round.
 
 ``--touch-memory-gb G`` first writes to G GiB of memory once and frees it. A freshly booted
 virtual machine may back a page of its memory only when the page is first touched (and again
@@ -57,10 +58,11 @@ def client_deltas(dim: int, clients: int) -> list:
     return [torch.randn(dim, generator=torch.Generator().manual_seed(c)) * 0.01 for c in range(clients)]
 
 
-def aggregate_round(codec, round_idx: int, deltas: list, store) -> float:
+def aggregate_round(codec, round_idx: int, deltas: list, store, checkpoint_every: int = 0) -> float:
     """Seconds for one round's aggregation of ``deltas`` on one rank through the all-reduce
     transport (``SumAggregator``: the pipeline, error feedback with ``store``, the shared scale,
-    encoding, the sum, decoding the sum and the server's transforms)."""
+    encoding, the sum, decoding the sum and the server's transforms), and, when the round ends
+    with a checkpoint (every ``checkpoint_every`` rounds), the residuals' write-back."""
     import time
 
     import torch
@@ -78,15 +80,20 @@ def aggregate_round(codec, round_idx: int, deltas: list, store) -> float:
         agg.add(ClientUpdate(c, delta, 600, torch.tensor(1.0), 600, 19))
     combined = agg.combine(round_idx)
     agg.pipeline.server(combined.aggregate, combined.counters, round_idx)
+    if checkpoint_every and (round_idx + 1) % checkpoint_every == 0 and store is not None and store.memory:
+        store.write_back()
     return time.perf_counter() - t0
 
 
-def transport_costs(dim: int = 1_068_810, clients: int = 10, repeats: int = 10) -> dict[str, float]:
+def transport_costs(dim: int = 1_068_810, clients: int = 10, repeats: int = 20,
+                    checkpoint_every: int = 5) -> dict[str, float]:
     """Milliseconds that one round's aggregation costs on one rank, codec by codec: ``clients``
     updates of ``dim`` entries go through the real all-reduce transport (``SumAggregator``: the
-    pipeline, error feedback with its residual files, the shared scale, encoding, the sum, and
-    decoding the sum), with no training around it. The difference from ``none`` is what the
-    codec adds to a round, measured without the round-to-round noise of training."""
+    pipeline, error feedback with its residuals stored as a one-rank run stores them, the shared
+    scale, encoding, the sum, and decoding the sum), with no training around it; the mean of
+    ``repeats`` rounds, every ``checkpoint_every``-th of which also writes the residuals back. The
+    difference from ``none`` is what the codec adds to a round, measured without the
+    round-to-round noise of training."""
     from fl.compression.codecs import Cast, NoCompression, Quantize, RandK, TopK
     from fl.runtime import allocator
     from fl.training.store import ClientStore
@@ -98,17 +105,18 @@ def transport_costs(dim: int = 1_068_810, clients: int = 10, repeats: int = 10) 
               "randk10%+8bit": RandK(0.1, bits=8)}
     out: dict[str, list[float]] = {name: [] for name in codecs}
     with tempfile.TemporaryDirectory() as d:
-        store = ClientStore(Path(d), checkpoint_every=1, keep_checkpoints=1)
+        # as a one-process run with the default checkpoints (every 5 rounds, 3 kept) stores them
+        store = ClientStore(Path(d), checkpoint_every=checkpoint_every, keep_checkpoints=3, memory_mb=1024)
         # Warm-up passes: the first, and until every client's residual file has a version to write
         # over (the store keeps checkpoint_every * (keep_checkpoints + 1) rounds, then the newest
         # older one): a run's first writes of a client's file cost more than the later ones.
-        warm = 1 + store.horizon + 1
+        warm = checkpoint_every * (-(-(1 + store.horizon + 1) // checkpoint_every))
         for r in range(warm + repeats):
             for name, codec in codecs.items():  # interleaved
-                seconds = aggregate_round(codec, r, deltas, store)
+                seconds = aggregate_round(codec, r, deltas, store, checkpoint_every)
                 if r >= warm:
                     out[name].append(seconds)
-    costs = {name: statistics.median(v) * 1000 for name, v in out.items()}
+    costs = {name: statistics.mean(v) * 1000 for name, v in out.items()}
     print(f"| codec | aggregation, ms per round of {clients} clients | added by the codec, ms |")
     print("| --- | --- | --- |")
     for name, ms in costs.items():
@@ -116,10 +124,12 @@ def transport_costs(dim: int = 1_068_810, clients: int = 10, repeats: int = 10) 
     return costs
 
 
-def breakdown(dim: int = 1_068_810, clients: int = 10, rounds: int = 20, warm: int = 5) -> None:
+def breakdown(dim: int = 1_068_810, clients: int = 10, rounds: int = 45, warm: int = 25,
+              checkpoint_every: int = 5) -> None:
     """Where one round's aggregation goes, for 4-bit + rotation and for top-k + error feedback:
     the parts are timed by wrapping the functions that do them (ms per round, mean of the rounds
-    after ``warm``; a part called inside another is counted in both)."""
+    after ``warm``, every ``checkpoint_every``-th with the residuals' write-back; a part called
+    inside another is counted in both)."""
     import functools
     import time
 
@@ -144,22 +154,22 @@ def breakdown(dim: int = 1_068_810, clients: int = 10, rounds: int = 20, warm: i
 
     parts = [(hadamard, "_blockwise", "Hadamard transforms (all rotations)"), (hadamard, "signs", "random signs"),
              (codecs.Quantize, "add_codes", "codes (drawn, rounded and added up in one pass)"),
-             (codecs.Quantize, "local_scale", "shared scale"), (ClientStore, "load", "residual files: read"),
-             (ClientStore, "save", "residual files: handed to the writer thread"),
-             (ClientStore, "flush", "residual files: waiting for the writer thread"),
+             (codecs.Quantize, "local_scale", "shared scale"), (ClientStore, "load", "residuals: loaded"),
+             (ClientStore, "save", "residuals: saved"),
+             (ClientStore, "write_back", "residuals: written back at checkpoints"),
              (topk, "top_indices", "top-k selection"), (codecs.TopK, "add_decoded", "top-k: added into the sum")]
     for owner, name, label in parts:
         timed(owner, name, label)
     deltas = client_deltas(dim, clients)
     for name, codec in {"4bit+rotation": codecs.Quantize(4, rotate=True), "topk1%+EF": codecs.TopK(0.01)}.items():
         with tempfile.TemporaryDirectory() as d:
-            store = ClientStore(Path(d), checkpoint_every=1, keep_checkpoints=1)
+            store = ClientStore(Path(d), checkpoint_every=checkpoint_every, keep_checkpoints=3, memory_mb=1024)
             total = 0.0
             for r in range(rounds):
                 if r == warm:
                     spent.clear()
                     total = 0.0
-                total += aggregate_round(codec, r, deltas, store)
+                total += aggregate_round(codec, r, deltas, store, checkpoint_every)
         n = rounds - warm
         print(f"{name}: {total / n * 1000:.1f} ms per round of {clients} clients")
         for label, seconds in spent.items():
@@ -201,19 +211,21 @@ def main() -> None:
         return
     base = ["data=mnist", "model=mlp", "+model.hidden=[1024,256]", "fl.num_clients=100", "fl.clients_per_round=10",
             "fl.local_epochs=1", "train.batch_size=32", "optim.lr=0.05", f"fl.rounds={args.rounds}",
-            f"fl.eval_every={args.rounds}", "fl.holdout_fraction=0", "fl.checkpoint_every=0"]
+            f"fl.eval_every={args.rounds}", "fl.holdout_fraction=0", "fl.checkpoint_every=5"]
     runs = {name: CODECS[name] for name in dict.fromkeys(["none", *args.codecs])}  # none: the reference
     times: dict[str, list[float]] = {name: [] for name in runs}
     with tempfile.TemporaryDirectory() as d:
         for rep in range(args.repeats):
             order = list(runs.items())
             for name, extra in (order if rep % 2 == 0 else order[::-1]):  # drift during a repeat cancels out
-                records = read(run_row(name, base + extra, Path(d)))
-                times[name].append(statistics.median(r["round_s"] for r in records[1:]))  # round 1 warms up
+                run_dir = run_row(name, base + extra, Path(d))
+                records, summary = read(run_dir), json.loads((run_dir / "run.json").read_text())
+                # wall time after round 1 (which warms up), checkpoints included: train_s counts them
+                times[name].append((summary["train_s"] - records[0]["round_s"]) / (len(records) - 1))
                 print(f"repeat {rep + 1} {name:>14} {times[name][-1]:.3f} s/round", file=sys.stderr, flush=True)
     ref = statistics.median(times["none"])
     print(json.dumps({k: statistics.median(v) for k, v in times.items()}), file=sys.stderr)
-    print("| uplink codec | s/round (median of repeats) | vs none | aggregation cost added, % of none's round |")
+    print("| uplink codec | s/round, checkpoints included (median of repeats) | vs none | aggregation cost added, % of none's round |")
     print("| --- | --- | --- | --- |")
     for name, values in times.items():
         med = statistics.median(values)
