@@ -1,4 +1,5 @@
-"""Compiled CPU kernels, and the helper threads that share a kernel's work.
+"""Compiled CPU kernels, and the helper threads that share a piece of work (a kernel's, or a
+store's file writes).
 
 numba (a dependency of ``fl``) compiles the few loops that torch would run as many passes over
 a vector: the Hadamard transform's butterflies (:mod:`fl.compression.wht`) and stochastic
@@ -32,7 +33,8 @@ def jit() -> Callable | None:
 
 def run_shares(kernel: Callable, shares: Sequence[tuple]) -> None:
     """``kernel(*share)`` for every share: the first on this thread, the others at the same time
-    on helper threads (a kernel that releases the GIL runs in parallel); returns when all are done."""
+    on helper threads (a kernel or a write that releases the GIL runs in parallel); returns when all
+    are done."""
     if not shares:
         return
     waits = [_pool(len(shares) - 1).submit(kernel, *share) for share in shares[1:]] if len(shares) > 1 else []

@@ -49,6 +49,8 @@ from pathlib import Path
 
 import torch
 
+from fl.runtime import native
+
 _NAME = re.compile(r"^round_(\d{6})\.(bin|pt)$")
 _MAGIC = b"flstate1"
 _DTYPES = {str(d).removeprefix("torch."): d for d in (
@@ -120,12 +122,18 @@ class ClientStore:
 
     def write_back(self) -> None:
         """Write every state held in memory that is not on disk yet, and wait until every write is
-        done: each rank calls it before a checkpoint is written. The states stay in memory."""
-        for cid, (round_idx, state, on_disk) in list(self._held.items()):
-            if not on_disk:
-                self._submit(cid, round_idx, state)
-                self._held[cid] = (round_idx, state, True)
-        self.flush()
+        done: each rank calls it before a checkpoint is written. The states stay in memory. The
+        files are shared between ``torch.get_num_threads()`` threads (writes release the GIL)."""
+        self.flush()  # writes already handed to the writer thread first: a client's versions are written in order
+        dirty = [(cid, round_idx, state) for cid, (round_idx, state, on_disk) in self._held.items() if not on_disk]
+        threads = max(1, min(len(dirty), torch.get_num_threads()))
+        native.run_shares(self._write_each, [(dirty[t::threads],) for t in range(threads) if dirty[t::threads]])
+        for cid, round_idx, state in dirty:
+            self._held[cid] = (round_idx, state, True)
+
+    def _write_each(self, entries: list[tuple[int, int, dict]]) -> None:
+        for cid, round_idx, state in entries:
+            self._write(cid, round_idx, state)
 
     def _submit(self, cid: int, round_idx: int, state: dict) -> None:
         """Write on the writer thread."""
