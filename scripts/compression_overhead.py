@@ -6,7 +6,7 @@ same rounds; codecs are interleaved within each repeat (in reverse order every o
 and the median over repeats of each run's median round time is compared with no compression's.
 
     FL_DATA_ROOT=<folder with MNIST/raw> python scripts/compression_overhead.py [--rounds 10] [--repeats 3]
-        [--transport-only] [--touch-memory-gb G] [--codecs none topk1%+EF ...]
+        [--transport-only] [--touch-memory-gb G] [--codecs none topk1%+EF ...] [--checkpoint-every 5]
     python scripts/compression_overhead.py --breakdown    # where the aggregation's time goes
 
 First prints what one round's aggregation costs per codec (10 client vectors of 1,068,810 entries
@@ -199,6 +199,8 @@ def main() -> None:
                    help="only where the aggregation's time goes, for 4-bit + rotation and top-k + error feedback")
     p.add_argument("--codecs", nargs="+", choices=list(CODECS), default=list(CODECS),
                    help="the codecs of the training runs, beside none (default: all; the aggregation timing has all)")
+    p.add_argument("--checkpoint-every", type=int, default=5,
+                   help="fl.checkpoint_every of the training runs (default 5, fl's default; 0: none, and no residual files)")
     p.add_argument("--touch-memory-gb", type=float, default=0.0,
                    help="write to this much memory once before measuring (at most half of what is available)")
     args = p.parse_args()
@@ -211,7 +213,7 @@ def main() -> None:
         return
     base = ["data=mnist", "model=mlp", "+model.hidden=[1024,256]", "fl.num_clients=100", "fl.clients_per_round=10",
             "fl.local_epochs=1", "train.batch_size=32", "optim.lr=0.05", f"fl.rounds={args.rounds}",
-            f"fl.eval_every={args.rounds}", "fl.holdout_fraction=0", "fl.checkpoint_every=5"]
+            f"fl.eval_every={args.rounds}", "fl.holdout_fraction=0", f"fl.checkpoint_every={args.checkpoint_every}"]
     runs = {name: CODECS[name] for name in dict.fromkeys(["none", *args.codecs])}  # none: the reference
     times: dict[str, list[float]] = {name: [] for name in runs}
     with tempfile.TemporaryDirectory() as d:
