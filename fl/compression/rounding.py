@@ -22,7 +22,6 @@ a vector can be coded on its own, and any implementation of the definition gives
 
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 import torch
@@ -87,12 +86,9 @@ def _torch_codes(x: torch.Tensor, key: int, inv: float, offset: float, levels: i
     return t.floor_().clamp_(0, levels)
 
 
-@functools.cache
-def _kernel():
-    """The compiled kernel, or ``None`` when numba is not installed."""
-    jit = native.jit()
-    if jit is None:
-        return None
+@native.kernel
+def _kernel(jit):
+    """The compiled kernel."""
     m0, m1 = np.uint32(_MIX[0]), np.uint32(_MIX[1])
     s15, s16, low = np.uint32(15), np.uint32(16), np.uint32(0xFFFF)
 

@@ -3,7 +3,6 @@ lower position (what :class:`fl.compression.codecs.TopK` sends)."""
 
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 import torch
@@ -67,12 +66,9 @@ def _at_least(x: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([f[:c] for f, c in zip(found, counts)]))
 
 
-@functools.cache
-def _kernel():
-    """The compiled scan, or ``None`` when numba is not installed."""
-    jit = native.jit()
-    if jit is None:
-        return None
+@native.kernel
+def _kernel(jit):
+    """The compiled scan."""
 
     @jit
     def scan(x, start, end, threshold, out, count):  # pragma: no cover (compiled)

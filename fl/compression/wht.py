@@ -25,7 +25,6 @@ same bits: a result does not depend on the device that computed it.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -97,12 +96,9 @@ def _stages(x: torch.Tensor, blocks: list[tuple[int, int]], pre: torch.Tensor | 
     return y * post if post is not None else y
 
 
-@functools.cache
-def _kernel():
-    """The compiled kernel, or ``None`` when numba is not installed."""
-    jit = native.jit()
-    if jit is None:
-        return None
+@native.kernel
+def _kernel(jit):
+    """The compiled kernel."""
 
     @jit
     def butterflies(x, out, pre, post, table, scales, use_pre, use_post):  # pragma: no cover (compiled)

@@ -31,6 +31,18 @@ def jit() -> Callable | None:
     return functools.partial(njit, nogil=True, cache=True, boundscheck=False)
 
 
+def kernel(build: Callable[[Callable], Callable]) -> Callable[[], Callable | None]:
+    """Decorator: ``build(jit)`` compiles a kernel with :func:`jit`; the decorated name becomes a
+    cached factory that returns the kernel, or ``None`` when numba is not installed."""
+    @functools.cache
+    def factory() -> Callable | None:
+        decorate = jit()
+        return None if decorate is None else build(decorate)
+
+    factory.__doc__ = build.__doc__
+    return factory
+
+
 def run_shares(kernel: Callable, shares: Sequence[tuple]) -> None:
     """``kernel(*share)`` for every share: the first on this thread, the others at the same time
     on helper threads (a kernel or a write that releases the GIL runs in parallel); returns when all
