@@ -77,7 +77,7 @@ def _mix(h: torch.Tensor) -> torch.Tensor:
 def _torch_codes(x: torch.Tensor, key: int, inv: float, offset: float, levels: int) -> torch.Tensor:
     """The definition in torch operations (any device)."""
     n = len(x)
-    pairs = torch.arange((n + 1) // 2, dtype=torch.int64, device=x.device)
+    pairs = torch.arange((n + 1) // 2, dtype=torch.int64, device=x.device) & _MASK32  # a pair's index mod 2^32, as the kernel's
     h = _mix(_mix(pairs ^ (key & _MASK32)) ^ (key >> 32 & _MASK32))
     r = torch.stack((h & 0xFFFF, h >> 16), 1).reshape(-1)[:n]
     u = r.to(torch.float32).mul_(2.0 ** -16).add_(2.0 ** -17)  # exact: 17 significant bits
