@@ -3,7 +3,7 @@
 Workload: MNIST, 100 clients x 600 images (IID), 10 per round, E=1, B=32, SGD lr 0.05,
 `mlp` with hidden layers [1024, 256] (1,068,810 parameters), one process. Every codec runs the
 same rounds; codecs are interleaved within each repeat (in reverse order every other repeat),
-and the median over repeats of each run's median round time is compared with no compression's.
+and the median over repeats of each run's times is compared with no compression's.
 
     FL_DATA_ROOT=<folder with MNIST/raw> python scripts/compression_overhead.py [--rounds 10] [--repeats 3]
         [--transport-only] [--touch-memory-gb G] [--codecs none topk1%+EF ...] [--checkpoint-every 5]
@@ -12,8 +12,10 @@ and the median over repeats of each run's median round time is compared with no 
 First prints what one round's aggregation costs per codec (10 client vectors of 1,068,810 entries
 through the real all-reduce transport, no training; the mean of 20 rounds, four of which end
 with a checkpoint's write-back of error-feedback residuals), then the round times (each run: its
-wall time after the first round, checkpoints every 5 rounds included, per round), and the
-aggregation cost each codec adds as a share of an uncompressed round.
+wall time after the first round, checkpoints every 5 rounds included, per round; the median of
+its rounds' own times, which leave the checkpoints out; and the difference, what checkpoints
+cost per round), each the median over repeats, and the aggregation cost each codec adds as a
+share of an uncompressed round.
 
 ``--touch-memory-gb G`` first writes to G GiB of memory once and frees it. A freshly booted
 virtual machine may back a page of its memory only when the page is first touched (and again
@@ -215,7 +217,12 @@ def main() -> None:
             "fl.local_epochs=1", "train.batch_size=32", "optim.lr=0.05", f"fl.rounds={args.rounds}",
             f"fl.eval_every={args.rounds}", "fl.holdout_fraction=0", f"fl.checkpoint_every={args.checkpoint_every}"]
     runs = {name: CODECS[name] for name in dict.fromkeys(["none", *args.codecs])}  # none: the reference
+    # per run: wall time per round after the first (checkpoints included), its rounds' median, and
+    # what the rounds' own times leave out per round (checkpoints: the model, and error feedback's
+    # residuals written back)
     times: dict[str, list[float]] = {name: [] for name in runs}
+    rounds: dict[str, list[float]] = {name: [] for name in runs}
+    outside: dict[str, list[float]] = {name: [] for name in runs}
     with tempfile.TemporaryDirectory() as d:
         for rep in range(args.repeats):
             order = list(runs.items())
@@ -223,16 +230,23 @@ def main() -> None:
                 run_dir = run_row(name, base + extra, Path(d))
                 records, summary = read(run_dir), json.loads((run_dir / "run.json").read_text())
                 # wall time after round 1 (which warms up), checkpoints included: train_s counts them
-                times[name].append((summary["train_s"] - records[0]["round_s"]) / (len(records) - 1))
-                print(f"repeat {rep + 1} {name:>14} {times[name][-1]:.3f} s/round", file=sys.stderr, flush=True)
-    ref = statistics.median(times["none"])
-    print(json.dumps({k: statistics.median(v) for k, v in times.items()}), file=sys.stderr)
-    print("| uplink codec | s/round, checkpoints included (median of repeats) | vs none | aggregation cost added, % of none's round |")
-    print("| --- | --- | --- | --- |")
-    for name, values in times.items():
-        med = statistics.median(values)
+                later = [r["round_s"] for r in records[1:]]
+                times[name].append((summary["train_s"] - records[0]["round_s"]) / len(later))
+                rounds[name].append(statistics.median(later))
+                outside[name].append(times[name][-1] - statistics.fmean(later))
+                print(f"repeat {rep + 1} {name:>14} {times[name][-1]:.3f} s/round, median round {rounds[name][-1]:.3f}, "
+                      f"outside rounds {outside[name][-1] * 1000:.0f} ms/round", file=sys.stderr, flush=True)
+    med = {name: (statistics.median(times[name]), statistics.median(rounds[name]), statistics.median(outside[name]))
+           for name in runs}
+    ref, ref_round, _ = med["none"]
+    print(json.dumps(med), file=sys.stderr)
+    print("| uplink codec | s/round, checkpoints included | vs none | median round, s | vs none "
+          "| outside the rounds (checkpoints), ms/round | aggregation cost added, % of none's round |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, (whole, median_round, rest) in med.items():
         added = f"{(costs[name] - costs['none']) / 1000 / ref * 100:+.1f}%" if name in costs else ""
-        print(f"| {name} | {med:.3f} | {med / ref:.3f}x | {added} |")
+        print(f"| {name} | {whole:.3f} | {whole / ref:.3f}x | {median_round:.3f} | {median_round / ref_round:.3f}x "
+              f"| {rest * 1000:.0f} | {added} |")
 
 
 if __name__ == "__main__":
