@@ -95,6 +95,18 @@ def test_top_k_keeps_the_largest_entries_and_random_k_is_unbiased():
     assert torch.equal(same_round[0], same_round[1]), "every client of a round keeps the same coordinates"
 
 
+def test_random_k_keeps_k_distinct_sorted_coordinates_each_as_often_as_the_fraction():
+    rk, dim, rounds = RandK(0.1), 1000, 2000
+    picks = [rk.indices(dim, Key(5, r), "cpu") for r in range(rounds)]
+    for idx in picks[:20]:
+        assert len(idx) == 100 and bool((idx[1:] > idx[:-1]).all()) and 0 <= int(idx[0]) and int(idx[-1]) < dim
+    assert not torch.equal(picks[0], picks[1]), "each round draws its own coordinates"
+    assert torch.equal(picks[3], rk.indices(dim, Key(5, 3, 9), "cpu")), "a function of the seed and the round only"
+    counts = torch.bincount(torch.cat(picks), minlength=dim).double()
+    sd = (rounds * 0.1 * 0.9) ** 0.5  # each coordinate is kept in a round with probability 0.1
+    assert float((counts - rounds * 0.1).abs().max()) < 5 * sd
+
+
 def test_quantized_random_k_is_unbiased_with_random_k_plus_quantization_variance():
     # 10 of 40 coordinates per round (p = 1/4, rescaled by 4), 2 bits on [-1, 1] for the kept ones
     rk, x, scale, draws = RandK(0.25, bits=2), torch.linspace(-0.9, 0.9, 40), 1.0, 8000
